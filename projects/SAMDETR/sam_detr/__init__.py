@@ -1,0 +1,8 @@
+"""SAM-DETR (Zhang et al., CVPR 2022) as a Detectron2 project.
+
+Importing the package registers the ``SAMDETR`` meta-architecture and the built-in
+synthetic datasets, and exposes ``add_sam_detr_config``.
+"""
+from .config import add_sam_detr_config
+
+__all__ = ["add_sam_detr_config"]

@@ -1,0 +1,60 @@
+"""Config keys of SAM-DETR: ``add_sam_detr_config(cfg)`` adds ``MODEL.SAM_DETR`` and the
+solver/test keys the training recipe needs. Defaults are the paper's R50 12-epoch model."""
+from detectron2.config import CfgNode as CN
+
+
+def add_sam_detr_config(cfg: CN) -> None:
+    """Add SAM-DETR's keys to a Detectron2 config, in place."""
+    cfg.MODEL.SAM_DETR = CN()
+    _C = cfg.MODEL.SAM_DETR
+    # Number of foreground classes K (COCO: 80 contiguous classes).
+    _C.NUM_CLASSES = 80
+    # Number of object queries N, each with one learnable reference box.
+    _C.NUM_QUERIES = 300
+    # Transformer width d.
+    _C.HIDDEN_DIM = 256
+    # Attention heads M; also the number of salient points per query (one point per head).
+    _C.NHEADS = 8
+    _C.ENC_LAYERS = 6
+    _C.DEC_LAYERS = 6
+    _C.DIM_FEEDFORWARD = 2048
+    _C.DROPOUT = 0.1
+    # Gaussian-like spatial prior around each salient point (SMCA) in cross-attention.
+    _C.SMCA = False
+    # Divisor of the SMCA log-weights (the value SMCA-DETR uses).
+    _C.SMCA_DIVISOR = 8.0
+    # GroupNorm after the 1x1 input projection (present in the official 12-epoch models).
+    _C.INPUT_PROJ_GN = False
+    _C.INPUT_PROJ_GN_GROUPS = 32
+    # Side of the RoIAlign grid pooled inside each reference box (7 -> 7x7).
+    _C.ROI_SIZE = 7
+    # Channels of the 1x1 conv that compresses RoI features before salient-point search.
+    _C.POINT_CONV_DIM = 64
+    # Hidden widths of the MLP predicting salient points from the flattened RoI features.
+    _C.POINT_MLP_DIMS = [256, 512, 512]
+    # Temperature of the sine embeddings (feature map and points).
+    _C.POSITION_TEMPERATURE = 10000.0
+    # Prior probability of the classifier bias at initialisation (focal-loss convention).
+    _C.PRIOR_PROB = 0.01
+    # With RES5_DILATION=2, dilate res5 the torchvision way (first block undilated), as
+    # the official DC5 checkpoints were trained. False keeps Detectron2's placement.
+    _C.TORCHVISION_DC5 = True
+    # Weights of the losses (lambda_cls, lambda_L1, lambda_GIoU).
+    _C.CLASS_WEIGHT = 2.0
+    _C.L1_WEIGHT = 5.0
+    _C.GIOU_WEIGHT = 2.0
+    # Costs of the Hungarian matcher.
+    _C.COST_CLASS = 2.0
+    _C.COST_BBOX = 5.0
+    _C.COST_GIOU = 2.0
+    # Sigmoid focal loss parameters (also used by the matcher's class cost).
+    _C.FOCAL_ALPHA = 0.25
+    _C.FOCAL_GAMMA = 2.0
+    # Losses on every decoder layer's output, not only the last.
+    _C.AUX_LOSS = True
+    # Detections scoring below this are dropped at inference (0 for COCO evaluation).
+    _C.SCORE_THRESH_TEST = 0.0
+
+    # AdamW with a smaller learning rate for the backbone (DETR recipe).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
