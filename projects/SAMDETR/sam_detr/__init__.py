@@ -4,5 +4,6 @@ Importing the package registers the ``SAMDETR`` meta-architecture and the built-
 synthetic datasets, and exposes ``add_sam_detr_config``.
 """
 from .config import add_sam_detr_config
+from .meta_arch import SAMDETR
 
-__all__ = ["add_sam_detr_config"]
+__all__ = ["SAMDETR", "add_sam_detr_config"]

@@ -1,6 +1,9 @@
 """Config keys of SAM-DETR: ``add_sam_detr_config(cfg)`` adds ``MODEL.SAM_DETR`` and the
 solver/test keys the training recipe needs. Defaults are the paper's R50 12-epoch model."""
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_sam_detr_config(cfg: CN) -> None:
@@ -58,3 +61,19 @@ def add_sam_detr_config(cfg: CN) -> None:
     # AdamW with a smaller learning rate for the backbone (DETR recipe).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+
+    # ---- Training recipe keys (train_net.py, dataset_mapper.py) ----
+    # DETR crop branch: shortest-side sizes of the resize applied before the random crop of
+    # INPUT.CROP.SIZE (DETR: {400, 500, 600}); the multi-scale resize follows the crop.
+    cfg.INPUT.CROP.RESIZE_BEFORE_CROP = (400, 500, 600)
+    # Probability of taking the crop branch instead of the plain multi-scale resize.
+    cfg.INPUT.CROP.PROB = 0.5
+
+
+def get_sam_detr_cfg(config_file: str, overrides: Sequence[str] = ()) -> CN:
+    """A Detectron2 config with SAM-DETR's keys, merged from a file and ``KEY VALUE`` pairs."""
+    cfg = get_cfg()
+    add_sam_detr_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(overrides))
+    return cfg

@@ -1,0 +1,245 @@
+"""The ``SAMDETR`` meta-architecture: image normalisation and padding masks, backbone,
+input projection, sine position encoding, the SAM transformer, per-layer class heads;
+losses in training and top-k detections at inference, in Detectron2's conventions."""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+from torchvision.ops import box_convert
+
+from .backbone import build_sam_detr_backbone, downsample_mask
+from .criterion import SetCriterion
+from .matcher import HungarianMatcher
+from .position_encoding import MapPositionEmbedding
+from .transformer import SAMTransformer
+
+__all__ = ["SAMDETR"]
+
+
+@META_ARCH_REGISTRY.register()
+class SAMDETR(nn.Module):
+    """SAM-DETR (Zhang et al., CVPR 2022): DETR with Semantic-Aligned Matching."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        transformer: SAMTransformer,
+        criterion: SetCriterion,
+        num_classes: int,
+        num_queries: int,
+        input_proj_gn_groups: int,
+        position_temperature: float,
+        prior_prob: float,
+        aux_loss: bool,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        detections_per_image: int,
+        score_threshold: float,
+    ) -> None:
+        """
+        Args:
+            backbone: its last output feature feeds the transformer.
+            transformer: encoder + SAM decoder (owns the per-layer box heads).
+            criterion: matching and weighted losses.
+            num_classes: K foreground classes.
+            num_queries: N object queries (learnable reference boxes).
+            input_proj_gn_groups: GroupNorm groups after the input projection; 0 for none.
+            position_temperature: of the feature map's sine embedding.
+            prior_prob: initial foreground probability of the class heads.
+            aux_loss: supervise every decoder layer, not only the last.
+            pixel_mean, pixel_std: per-channel normalisation, in the input format's order.
+            detections_per_image: top-k kept over queries x classes at inference.
+            score_threshold: detections scoring at or below it are dropped at inference.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = backbone._out_features[-1]
+        in_channels = backbone.output_shape()[self.in_feature].channels
+        dim = transformer.dim
+        proj: List[nn.Module] = [nn.Conv2d(in_channels, dim, kernel_size=1)]
+        if input_proj_gn_groups:
+            proj.append(nn.GroupNorm(input_proj_gn_groups, dim))
+        self.input_proj = nn.Sequential(*proj)
+        self.position_embedding = MapPositionEmbedding(dim, position_temperature)
+        self.transformer = transformer
+        # Learnable reference boxes: cx, cy, w, h before sigmoid, one per query.
+        self.reference_boxes = nn.Embedding(num_queries, 4)
+        bias = -math.log((1 - prior_prob) / prior_prob)
+        self.class_embed = nn.ModuleList(
+            nn.Linear(dim, num_classes) for _ in range(len(transformer.decoder))
+        )
+        for head in self.class_embed:
+            nn.init.constant_(head.bias, bias)
+        self.criterion = criterion
+        self.num_classes = num_classes
+        self.aux_loss = aux_loss
+        self.detections_per_image = detections_per_image
+        self.score_threshold = score_threshold
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> Dict:
+        c = cfg.MODEL.SAM_DETR
+        matcher = HungarianMatcher(
+            cost_class=c.COST_CLASS,
+            cost_bbox=c.COST_BBOX,
+            cost_giou=c.COST_GIOU,
+            focal_alpha=c.FOCAL_ALPHA,
+            focal_gamma=c.FOCAL_GAMMA,
+        )
+        transformer = SAMTransformer(
+            dim=c.HIDDEN_DIM,
+            num_heads=c.NHEADS,
+            enc_layers=c.ENC_LAYERS,
+            dec_layers=c.DEC_LAYERS,
+            dim_feedforward=c.DIM_FEEDFORWARD,
+            dropout=c.DROPOUT,
+            roi_size=c.ROI_SIZE,
+            point_conv_dim=c.POINT_CONV_DIM,
+            point_mlp_dims=c.POINT_MLP_DIMS,
+            smca=c.SMCA,
+            smca_divisor=c.SMCA_DIVISOR,
+            temperature=c.POSITION_TEMPERATURE,
+        )
+        criterion = SetCriterion(
+            num_classes=c.NUM_CLASSES,
+            matcher=matcher,
+            class_weight=c.CLASS_WEIGHT,
+            l1_weight=c.L1_WEIGHT,
+            giou_weight=c.GIOU_WEIGHT,
+            focal_alpha=c.FOCAL_ALPHA,
+            focal_gamma=c.FOCAL_GAMMA,
+        )
+        return {
+            "backbone": build_sam_detr_backbone(cfg),
+            "transformer": transformer,
+            "criterion": criterion,
+            "num_classes": c.NUM_CLASSES,
+            "num_queries": c.NUM_QUERIES,
+            "input_proj_gn_groups": c.INPUT_PROJ_GN_GROUPS if c.INPUT_PROJ_GN else 0,
+            "position_temperature": c.POSITION_TEMPERATURE,
+            "prior_prob": c.PRIOR_PROB,
+            "aux_loss": c.AUX_LOSS,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "score_threshold": c.SCORE_THRESH_TEST,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, torch.Tensor]:
+        """Normalised, zero-padded batch ``(B, C, H, W)`` and its mask ``(B, H, W)``
+        (True on padding)."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = ImageList.from_tensors(images)
+        B, _, H, W = images.tensor.shape
+        mask = torch.ones((B, H, W), dtype=torch.bool, device=self.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            mask[i, :h, :w] = False
+        return images, mask
+
+    def forward_outputs(
+        self, images: ImageList, mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``(L, B, N, K)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in [0, 1]
+        of each unpadded image) of all L decoder layers."""
+        features = self.backbone(images.tensor)[self.in_feature]
+        mask = downsample_mask(mask, features.shape[-2:])
+        pos = self.position_embedding(mask).to(features.dtype)
+        hidden, boxes = self.transformer(
+            self.input_proj(features), pos, mask, self.reference_boxes.weight
+        )
+        logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden)])
+        return logits, boxes
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Detectron2 interface: weighted losses in training, ``[{"instances"}]`` otherwise."""
+        if not self.training:
+            return self.inference(batched_inputs)
+        images, mask = self.preprocess_image(batched_inputs)
+        logits, boxes = self.forward_outputs(images, mask)
+        targets = self.prepare_targets(
+            [x["instances"].to(self.device) for x in batched_inputs], images.image_sizes
+        )
+        if not self.aux_loss:
+            logits, boxes = logits[-1:], boxes[-1:]
+        # Matching costs and losses in float32 even under autocast (fp16 GIoU gives NaN).
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.criterion(logits, boxes, targets)
+
+    def prepare_targets(
+        self, instances: List[Instances], image_sizes: List[Tuple[int, int]]
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Ground truth as ``labels (T,)`` and ``boxes (T, 4)`` cx, cy, w, h normalised by
+        each image's unpadded size."""
+        targets = []
+        for inst, (h, w) in zip(instances, image_sizes):
+            labels = inst.gt_classes
+            if len(labels) and int(labels.max()) >= self.num_classes:
+                raise ValueError(
+                    f"Ground-truth class {int(labels.max())} is out of range for "
+                    f"MODEL.SAM_DETR.NUM_CLASSES={self.num_classes}; set NUM_CLASSES to the "
+                    "dataset's number of classes."
+                )
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            boxes = box_convert(inst.gt_boxes.tensor / scale, "xyxy", "cxcywh")
+            targets.append({"labels": labels, "boxes": boxes})
+        return targets
+
+    def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
+        """Detections ``[{"instances": Instances}]`` rescaled to each input's "height" and
+        "width" (default: its image size); or, with ``do_postprocess=False``, the raw dict
+        ``pred_logits (B, N, K)``, ``pred_boxes (B, N, 4)``, ``aux_outputs`` (earlier
+        layers, same keys)."""
+        images, mask = self.preprocess_image(batched_inputs)
+        logits, boxes = self.forward_outputs(images, mask)
+        if not do_postprocess:
+            return {
+                "pred_logits": logits[-1],
+                "pred_boxes": boxes[-1],
+                "aux_outputs": [
+                    {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])
+                ],
+            }
+        results = self.detections(logits[-1], boxes[-1], images.image_sizes)
+        processed = []
+        for result, inputs, size in zip(results, batched_inputs, images.image_sizes):
+            height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def detections(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        image_sizes: List[Tuple[int, int]],
+        threshold: Optional[float] = None,
+    ) -> List[Instances]:
+        """Top-k (query, class) pairs by sigmoid score; ``logits (B, N, K)``,
+        ``boxes (B, N, 4)``; boxes in absolute XYXY of each (unpadded) image."""
+        threshold = self.score_threshold if threshold is None else threshold
+        B, N, K = logits.shape
+        k = min(self.detections_per_image, N * K)
+        scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
+        query, labels = index // K, index % K
+        xyxy = box_convert(boxes, "cxcywh", "xyxy")
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            keep = scores[i] > threshold
+            scale = xyxy.new_tensor([w, h, w, h])
+            result = Instances((h, w))
+            result.pred_boxes = Boxes(xyxy[i, query[i][keep]] * scale)
+            result.scores = scores[i][keep]
+            result.pred_classes = labels[i][keep]
+            results.append(result)
+        return results

@@ -1,0 +1,311 @@
+"""The transformer of SAM-DETR: a DETR encoder over the flattened feature map, and the
+SAM decoder, whose layers re-sample their queries with the Semantics Aligner before a
+cross-attention in which each head matches one salient point, and whose reference boxes
+are refined layer by layer by per-layer box heads."""
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .mlp import MLP
+from .position_encoding import embed_points
+from .semantics_aligner import SemanticsAligner
+from .smca import smca_log_weights
+
+# Box heads: MLP(d -> d -> d -> 4), as DETR.
+BOX_HEAD_LAYERS = 3
+BOX_DIMS = 4
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(B, L, C) -> (B, num_heads, L, C / num_heads)``."""
+    B, L, C = x.shape
+    return x.view(B, L, num_heads, C // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(B, num_heads, L, c) -> (B, L, num_heads * c)``."""
+    B, _, L, _ = x.shape
+    return x.transpose(1, 2).reshape(B, L, -1)
+
+
+def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, S)`` bool, True on padding -> ``(B, 1, 1, S)`` additive bias (0 or -inf)."""
+    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm DETR encoder layer: self-attention with positions added to q and k, FFN."""
+
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``src, pos (B, HW, d)``, ``key_padding_mask (B, HW)`` -> ``(B, HW, d)``."""
+        q = k = src + pos
+        attended = self.self_attn(
+            q, k, src, key_padding_mask=key_padding_mask, need_weights=False
+        )[0]
+        src = self.norm1(src + self.dropout(attended))
+        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout(hidden))
+
+
+class QuerySelfAttention(nn.Module):
+    """Self-attention among queries; positions are the sine embeddings of the box centres."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_content_proj = nn.Linear(dim, dim)
+        self.q_pos_proj = nn.Linear(dim, dim)
+        self.k_content_proj = nn.Linear(dim, dim)
+        self.k_pos_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, queries: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """``queries, pos (B, N, d) -> (B, N, d)``."""
+        q = self.q_content_proj(queries) + self.q_pos_proj(pos)
+        k = self.k_content_proj(queries) + self.k_pos_proj(pos)
+        v = self.v_proj(queries)
+        out = F.scaled_dot_product_attention(
+            _split_heads(q, self.num_heads),
+            _split_heads(k, self.num_heads),
+            _split_heads(v, self.num_heads),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(_merge_heads(out))
+
+
+class SalientPointCrossAttention(nn.Module):
+    """Cross-attention in which head m's query is the feature (and sine position) of the
+    m-th salient point, a full d-dim vector matched against the d-dim keys; values are
+    split across heads as usual. An optional additive bias (padding, SMCA) is applied."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_content_proj = nn.Linear(dim, dim)
+        self.k_content_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.q_pos_proj = MLP(dim, [dim], dim)
+        self.k_pos_proj = MLP(dim, [dim], dim)
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        content: torch.Tensor,
+        position: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        attn_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            content, position: ``(B, N, M, d)`` from the Semantics Aligner.
+            memory, memory_pos: ``(B, HW, d)`` encoded map and its sine embedding.
+            attn_bias: broadcastable to ``(B, M, N, HW)``.
+        Returns:
+            ``(B, N, d)``.
+        """
+        q = (self.q_content_proj(content) + self.q_pos_proj(position)).transpose(1, 2)
+        k = (self.k_content_proj(memory) + self.k_pos_proj(memory_pos))[:, None]
+        v = _split_heads(self.v_proj(memory), self.num_heads)
+        out = F.scaled_dot_product_attention(
+            q,
+            k.expand(-1, self.num_heads, -1, -1),
+            v,
+            attn_mask=attn_bias,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(_merge_heads(out))
+
+
+class SAMDecoderLayer(nn.Module):
+    """Self-attention, Semantics Aligner, salient-point cross-attention, FFN (post-norm)."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        dim_feedforward: int,
+        dropout: float,
+        roi_size: int,
+        point_conv_dim: int,
+        point_mlp_dims: Sequence[int],
+        smca: bool,
+        smca_divisor: float,
+        temperature: float,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.smca = smca
+        self.smca_divisor = smca_divisor
+        self.temperature = temperature
+        self.self_attn = QuerySelfAttention(dim, num_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.semantics_aligner = SemanticsAligner(
+            dim=dim,
+            num_heads=num_heads,
+            roi_size=roi_size,
+            point_conv_dim=point_conv_dim,
+            point_mlp_dims=point_mlp_dims,
+            predict_scales=smca,
+            temperature=temperature,
+        )
+        self.cross_attn = SalientPointCrossAttention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        padding_bias: torch.Tensor,
+        map_size: Tuple[int, int],
+        valid_ratio: torch.Tensor,
+        reference_boxes: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            queries: ``(B, N, d)``.
+            memory, memory_pos: ``(B, HW, d)``.
+            padding_bias: ``(B, 1, 1, HW)``, -inf on padded cells.
+            map_size: (H, W) of the encoded map.
+            valid_ratio: ``(B, 2)`` unpadded fraction (w, h) of the map.
+            reference_boxes: ``(B, N, 4)`` cx, cy, w, h in [0, 1].
+        Returns:
+            ``(B, N, d)`` updated queries.
+        """
+        center_pos = embed_points(reference_boxes[..., :2], self.dim, self.temperature)
+        queries = self.norm1(queries + self.dropout(self.self_attn(queries, center_pos)))
+
+        height, width = map_size
+        memory_2d = memory.transpose(1, 2).unflatten(2, (height, width))
+        aligned = self.semantics_aligner(queries, memory_2d, reference_boxes, valid_ratio)
+        attn_bias = padding_bias
+        if self.smca:
+            attn_bias = attn_bias + smca_log_weights(
+                aligned.points, aligned.scales, valid_ratio, height, width, self.smca_divisor
+            )
+        attended = self.cross_attn(
+            aligned.content, aligned.position, memory, memory_pos, attn_bias
+        )
+        queries = self.norm2(queries + self.dropout(attended))
+
+        hidden = self.linear2(self.dropout(F.relu(self.linear1(queries))))
+        return self.norm3(queries + self.dropout(hidden))
+
+
+class SAMTransformer(nn.Module):
+    """Encoder + SAM decoder with per-layer reference-box refinement."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        enc_layers: int,
+        dec_layers: int,
+        dim_feedforward: int,
+        dropout: float,
+        roi_size: int,
+        point_conv_dim: int,
+        point_mlp_dims: Sequence[int],
+        smca: bool,
+        smca_divisor: float,
+        temperature: float,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.encoder = nn.ModuleList(
+            EncoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(enc_layers)
+        )
+        self.decoder = nn.ModuleList(
+            SAMDecoderLayer(
+                dim=dim,
+                num_heads=num_heads,
+                dim_feedforward=dim_feedforward,
+                dropout=dropout,
+                roi_size=roi_size,
+                point_conv_dim=point_conv_dim,
+                point_mlp_dims=point_mlp_dims,
+                smca=smca,
+                smca_divisor=smca_divisor,
+                temperature=temperature,
+            )
+            for _ in range(dec_layers)
+        )
+        # Xavier on every matrix of the encoder and decoder layers (official init).
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        # Box heads are created after the Xavier pass: default init, zero last layer.
+        self.bbox_embed = nn.ModuleList(
+            MLP(dim, [dim] * (BOX_HEAD_LAYERS - 1), BOX_DIMS) for _ in range(dec_layers)
+        )
+        for head in self.bbox_embed:
+            nn.init.zeros_(head.layers[-1].weight)
+            nn.init.zeros_(head.layers[-1].bias)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor,
+        reference_logits: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            src: ``(B, d, H, W)`` projected backbone features.
+            pos: ``(B, d, H, W)`` sine embedding of the map.
+            mask: ``(B, H, W)`` bool, True on padding.
+            reference_logits: ``(N, 4)`` learnable reference boxes, before sigmoid.
+        Returns:
+            hidden states ``(L, B, N, d)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in
+            [0, 1] of each unpadded image), one per decoder layer.
+        """
+        B, _, height, width = src.shape
+        valid_ratio = torch.stack(
+            [(~mask[:, 0, :]).sum(1) / width, (~mask[:, :, 0]).sum(1) / height], dim=-1
+        ).to(src.dtype)
+        memory = src.flatten(2).transpose(1, 2)
+        memory_pos = pos.flatten(2).transpose(1, 2)
+        key_padding_mask = mask.flatten(1)
+        for layer in self.encoder:
+            memory = layer(memory, memory_pos, key_padding_mask)
+
+        bias = padding_bias(key_padding_mask, memory.dtype)
+        queries = memory.new_zeros(B, reference_logits.shape[0], self.dim)
+        logits = reference_logits.expand(B, -1, -1)
+        hidden_states, boxes = [], []
+        for layer, box_head in zip(self.decoder, self.bbox_embed):
+            queries = layer(
+                queries, memory, memory_pos, bias, (height, width), valid_ratio, logits.sigmoid()
+            )
+            logits = logits + box_head(queries)
+            hidden_states.append(queries)
+            boxes.append(logits.sigmoid())
+            # Reference boxes of the next layer carry no gradient (official refinement).
+            logits = logits.detach()
+        return torch.stack(hidden_states), torch.stack(boxes)
