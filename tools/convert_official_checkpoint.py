@@ -6,6 +6,7 @@ Detectron2 checkpoint of this project, loadable through ``MODEL.WEIGHTS``.
 
 The result is checked against the model built from the matching config before anything
 is written; on any mismatch nothing is written and the exit status is 1."""
+
 import argparse
 import logging
 import os
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import torch
 from detectron2.modeling import build_model
-
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.official_checkpoint import (
     NotAnOfficialCheckpoint,
@@ -67,12 +67,16 @@ def convert(args: argparse.Namespace) -> str:
         shown = config
     print(f"Wrote {args.output} ({len(state)} tensors, {num_classes} classes).")
     if variant.dc5 is None:
-        print("The checkpoint has no training arguments: R50 and R50-DC5 share weights; "
-              "pick the config yourself (the DC5 one if it was trained with --dilation).")
+        print(
+            "The checkpoint has no training arguments: R50 and R50-DC5 share weights; "
+            "pick the config yourself (the DC5 one if it was trained with --dilation)."
+        )
     print(f"Matching config: {shown}")
     extra = " ".join(overrides)
-    print(f"Evaluate: python train_net.py --config-file {shown} --eval-only "
-          f"MODEL.WEIGHTS {args.output} {extra}")
+    print(
+        f"Evaluate: python train_net.py --config-file {shown} --eval-only "
+        f"MODEL.WEIGHTS {args.output} {extra}"
+    )
     return str(config)
 
 

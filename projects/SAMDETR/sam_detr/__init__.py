@@ -3,6 +3,7 @@
 Importing the package registers the ``SAMDETR`` meta-architecture and the built-in
 synthetic datasets, and exposes ``add_sam_detr_config``.
 """
+
 from .config import add_sam_detr_config
 from .meta_arch import SAMDETR
 

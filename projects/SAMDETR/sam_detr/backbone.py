@@ -1,6 +1,7 @@
 """The CNN backbone: Detectron2's ResNet (frozen BatchNorm, stem and res2 frozen by
 ``FREEZE_AT``), with the option to dilate res5 the way torchvision does, which is how the
 official DC5 checkpoints were trained; and the padding mask at the feature's resolution."""
+
 import logging
 
 import torch

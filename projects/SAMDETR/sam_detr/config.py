@@ -1,5 +1,6 @@
 """Config keys of SAM-DETR: ``add_sam_detr_config(cfg)`` adds ``MODEL.SAM_DETR`` and the
 solver/test keys the training recipe needs. Defaults are the paper's R50 12-epoch model."""
+
 from typing import Sequence
 
 from detectron2.config import CfgNode as CN

@@ -1,6 +1,7 @@
 """SAM-DETR's set criterion: Hungarian matching per decoder layer, then sigmoid focal loss
 on the class logits and L1 + GIoU on the matched boxes, normalised by the number of
 target boxes averaged over all workers, each multiplied by its weight."""
+
 from typing import Dict, List, Tuple
 
 import torch

@@ -1,5 +1,6 @@
 """Hungarian matching between predictions and ground truth (scipy), with DETR's costs:
 the focal-loss class cost, L1 on normalised cx, cy, w, h, and negative GIoU."""
+
 from typing import Dict, List, Tuple
 
 import torch

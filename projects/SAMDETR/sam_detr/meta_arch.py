@@ -1,6 +1,7 @@
 """The ``SAMDETR`` meta-architecture: image normalisation and padding masks, backbone,
 input projection, sine position encoding, the SAM transformer, per-layer class heads;
 losses in training and top-k detections at inference, in Detectron2's conventions."""
+
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -140,7 +141,9 @@ class SAMDETR(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, torch.Tensor]:
         """Normalised, zero-padded batch ``(B, C, H, W)`` and its mask ``(B, H, W)``
         (True on padding)."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images)
         B, _, H, W = images.tensor.shape
         mask = torch.ones((B, H, W), dtype=torch.bool, device=self.device)

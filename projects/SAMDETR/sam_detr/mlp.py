@@ -1,5 +1,6 @@
 """The one multi-layer perceptron used across SAM-DETR: box heads, positional projections
 and the salient-point predictor all are Linear layers with ReLU between them."""
+
 from typing import Sequence
 
 import torch

@@ -3,6 +3,7 @@
 (torchvision ResNet -> Detectron2 ResNet, decoder layer parts -> Semantics Aligner and
 attention modules), COCO's 91 category-id logits -> Detectron2's 80 contiguous classes,
 and the choice of the matching config from the official training arguments."""
+
 import argparse
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ _RENAMES: List[Tuple[str, str]] = [
     (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.conv(\d)\.", "backbone.res{s}.\\2.conv\\3."),
     (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.bn(\d)\.", "backbone.res{s}.\\2.conv\\3.norm."),
     (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.downsample\.0\.", "backbone.res{s}.\\2.shortcut."),
-    (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.downsample\.1\.", "backbone.res{s}.\\2.shortcut.norm."),
+    (
+        r"^backbone\.0\.body\.layer(\d)\.(\d+)\.downsample\.1\.",
+        "backbone.res{s}.\\2.shortcut.norm.",
+    ),
     (r"^input_proj\.0\.(\d)\.", "input_proj.\\1."),
     (r"^query_embed\.", "reference_boxes."),
     (r"^transformer\.encoder\.layers\.", "transformer.encoder."),
@@ -149,8 +153,10 @@ def detect_variant(ckpt: Mapping[str, Any]) -> OfficialVariant:
         )
     point_out = state.get("transformer.decoder.layers.0.point2.6.bias")
     heads = int(args.get("nheads", 8))
-    smca = bool(args["smca"]) if "smca" in args else (
-        point_out is not None and point_out.numel() == heads * _POINT_OUTPUTS_SMCA
+    smca = (
+        bool(args["smca"])
+        if "smca" in args
+        else (point_out is not None and point_out.numel() == heads * _POINT_OUTPUTS_SMCA)
     )
     gn = "input_proj.0.1.weight" in state
     overrides: Dict[str, Any] = {}
@@ -219,7 +225,9 @@ def check_against_model(
     problems = []
     for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
         if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            shown = ", ".join(items[:8]) + (
+                f", ... ({len(items)} in all)" if len(items) > 8 else ""
+            )
             problems.append(f"{title} keys: {shown}")
     if problems:
         raise NotAnOfficialCheckpoint("; ".join(problems))

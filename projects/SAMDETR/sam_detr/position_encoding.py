@@ -1,6 +1,7 @@
 """Sine position embeddings: of every cell of the encoded feature map (from its padding
 mask) and of arbitrary points (reference-box centres and salient points). Both follow
 the official SAM-DETR numerics; the embedding width per coordinate is ``d / 2``."""
+
 import math
 
 import torch

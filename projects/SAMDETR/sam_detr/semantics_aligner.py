@@ -3,6 +3,7 @@ image features, so that queries and keys live in the same embedding space. Per q
 RoIAlign inside its reference box, a ConvNet + MLP searching M salient points in the box,
 bilinear sampling of the features at those points (one per attention head), their sine
 position embeddings, and the reweighting of both by the previous query."""
+
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch

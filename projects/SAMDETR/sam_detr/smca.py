@@ -1,6 +1,7 @@
 """SMCA's Gaussian-like spatial prior (Gao et al., ICCV 2021) as SAM-DETR uses it: for
 every head, additive cross-attention log-weights that decay with the distance between the
 head's salient point and each feature-map cell, scaled per point by predicted factors."""
+
 import torch
 
 

@@ -2,6 +2,7 @@
 SAM decoder, whose layers re-sample their queries with the Semantics Aligner before a
 cross-attention in which each head matches one salient point, and whose reference boxes
 are refined layer by layer by per-layer box heads."""
+
 from typing import Sequence, Tuple
 
 import torch
@@ -53,9 +54,9 @@ class EncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """``src, pos (B, HW, d)``, ``key_padding_mask (B, HW)`` -> ``(B, HW, d)``."""
         q = k = src + pos
-        attended = self.self_attn(
+        attended, _ = self.self_attn(
             q, k, src, key_padding_mask=key_padding_mask, need_weights=False
-        )[0]
+        )
         src = self.norm1(src + self.dropout(attended))
         hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(hidden))
@@ -208,9 +209,7 @@ class SAMDecoderLayer(nn.Module):
             attn_bias = attn_bias + smca_log_weights(
                 aligned.points, aligned.scales, valid_ratio, height, width, self.smca_divisor
             )
-        attended = self.cross_attn(
-            aligned.content, aligned.position, memory, memory_pos, attn_bias
-        )
+        attended = self.cross_attn(aligned.content, aligned.position, memory, memory_pos, attn_bias)
         queries = self.norm2(queries + self.dropout(attended))
 
         hidden = self.linear2(self.dropout(F.relu(self.linear1(queries))))

@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Parameters and GFLOPs (fvcore's convention: one multiply-add = one flop) of SAM-DETR
+configs on one image of a fixed size, plus the CPU time of that forward pass.
+
+    python tools/model_stats.py --height 800 --width 1216 configs/sam_detr_R50.yaml ...
+"""
+
+import argparse
+import logging
+import time
+from typing import Any, List
+
+import torch
+from detectron2.modeling import build_model
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+from sam_detr.config import get_sam_detr_cfg
+
+
+def sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Multiply-adds of ``softmax(q k^T) v``: ``(..., L, E) x (..., S, E) x (..., S, Ev)``."""
+    q, k, v = (i.type().sizes() for i in inputs[:3])
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+class RawOutputs(nn.Module):
+    """Tensor-in, tensors-out view of a SAM-DETR model, so that it can be traced."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        out = self.model.inference([{"image": image}], do_postprocess=False)
+        return out["pred_logits"], out["pred_boxes"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="+")
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1216)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    torch.manual_seed(0)
+    image = torch.rand(3, args.height, args.width) * 255
+    print(f"| config | parameters | GFLOPs ({args.height}x{args.width}) | CPU forward (s) |")
+    print("|---|---|---|---|")
+    for path in args.configs:
+        cfg = get_sam_detr_cfg(path, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+        model = build_model(cfg).eval()
+        params = sum(p.numel() for p in model.parameters())
+        inputs = [{"image": image}]
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(inputs)
+            seconds = time.perf_counter() - start
+            flops = FlopCountAnalysis(RawOutputs(model), (image,))
+            flops.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
+            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            gflops = flops.total() / 1e9
+        print(f"| {path} | {params:,} | {gflops:.1f} | {seconds:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
