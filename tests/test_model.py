@@ -150,3 +150,17 @@ def test_score_threshold_drops_low_scores():
     assert 0 < len(kept) < len(everything)
     assert (kept.scores > threshold).all()
     assert torch.equal(kept.scores, everything.scores[everything.scores > threshold])
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MODEL.SAM_DETR.NHEADS", 7, "HIDDEN_DIM=64 is not divisible by MODEL.SAM_DETR.NHEADS=7"),
+        ("MODEL.SAM_DETR.NUM_QUERIES", 0, "MODEL.SAM_DETR.NUM_QUERIES must be >= 1"),
+        ("MODEL.SAM_DETR.PRIOR_PROB", 1.0, "MODEL.SAM_DETR.PRIOR_PROB must be in (0, 1)"),
+    ],
+)
+def test_invalid_values_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(ValueError) as err:
+        small_model("sam_detr_R50.yaml", key, value)
+    assert message in str(err.value)

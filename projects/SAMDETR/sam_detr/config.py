@@ -78,3 +78,28 @@ def get_sam_detr_cfg(config_file: str, overrides: Sequence[str] = ()) -> CN:
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(overrides))
     return cfg
+
+
+def validate_sam_detr_config(cfg: CN) -> None:
+    """Raise ``ValueError`` naming the key for ``MODEL.SAM_DETR`` values that cannot work."""
+    c = cfg.MODEL.SAM_DETR
+    positive = ["NUM_CLASSES", "NUM_QUERIES", "HIDDEN_DIM", "NHEADS", "DEC_LAYERS", "ROI_SIZE"]
+    for key in positive + ["DIM_FEEDFORWARD", "POINT_CONV_DIM"]:
+        if c[key] < 1:
+            raise ValueError(f"MODEL.SAM_DETR.{key} must be >= 1, got {c[key]}.")
+    if c.ENC_LAYERS < 0:
+        raise ValueError(f"MODEL.SAM_DETR.ENC_LAYERS must be >= 0, got {c.ENC_LAYERS}.")
+    if c.HIDDEN_DIM % c.NHEADS:
+        raise ValueError(
+            f"MODEL.SAM_DETR.HIDDEN_DIM={c.HIDDEN_DIM} is not divisible by "
+            f"MODEL.SAM_DETR.NHEADS={c.NHEADS}."
+        )
+    if c.INPUT_PROJ_GN and c.HIDDEN_DIM % c.INPUT_PROJ_GN_GROUPS:
+        raise ValueError(
+            f"MODEL.SAM_DETR.HIDDEN_DIM={c.HIDDEN_DIM} is not divisible by "
+            f"MODEL.SAM_DETR.INPUT_PROJ_GN_GROUPS={c.INPUT_PROJ_GN_GROUPS}."
+        )
+    if not 0 < c.PRIOR_PROB < 1:
+        raise ValueError(f"MODEL.SAM_DETR.PRIOR_PROB must be in (0, 1), got {c.PRIOR_PROB}.")
+    if not 0 <= c.DROPOUT < 1:
+        raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")

@@ -3,7 +3,7 @@ input projection, sine position encoding, the SAM transformer, per-layer class h
 losses in training and top-k detections at inference, in Detectron2's conventions."""
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from .backbone import build_sam_detr_backbone, downsample_mask
+from .config import validate_sam_detr_config
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
@@ -60,8 +61,9 @@ class SAMDETR(nn.Module):
         """
         super().__init__()
         self.backbone = backbone
-        self.in_feature = backbone._out_features[-1]
-        in_channels = backbone.output_shape()[self.in_feature].channels
+        shapes = backbone.output_shape()
+        self.in_feature = max(shapes, key=lambda name: shapes[name].stride)  # the coarsest
+        in_channels = shapes[self.in_feature].channels
         dim = transformer.dim
         proj: List[nn.Module] = [nn.Conv2d(in_channels, dim, kernel_size=1)]
         if input_proj_gn_groups:
@@ -87,6 +89,7 @@ class SAMDETR(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
+        validate_sam_detr_config(cfg)
         c = cfg.MODEL.SAM_DETR
         matcher = HungarianMatcher(
             cost_class=c.COST_CLASS,
@@ -226,11 +229,9 @@ class SAMDETR(nn.Module):
         logits: torch.Tensor,
         boxes: torch.Tensor,
         image_sizes: List[Tuple[int, int]],
-        threshold: Optional[float] = None,
     ) -> List[Instances]:
         """Top-k (query, class) pairs by sigmoid score; ``logits (B, N, K)``,
         ``boxes (B, N, 4)``; boxes in absolute XYXY of each (unpadded) image."""
-        threshold = self.score_threshold if threshold is None else threshold
         B, N, K = logits.shape
         k = min(self.detections_per_image, N * K)
         scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
@@ -238,7 +239,7 @@ class SAMDETR(nn.Module):
         xyxy = box_convert(boxes, "cxcywh", "xyxy")
         results = []
         for i, (h, w) in enumerate(image_sizes):
-            keep = scores[i] > threshold
+            keep = scores[i] > self.score_threshold
             scale = xyxy.new_tensor([w, h, w, h])
             result = Instances((h, w))
             result.pred_boxes = Boxes(xyxy[i, query[i][keep]] * scale)
