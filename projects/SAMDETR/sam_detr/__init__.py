@@ -4,6 +4,7 @@ Importing the package registers the ``SAMDETR`` meta-architecture and the built-
 synthetic datasets, and exposes ``add_sam_detr_config``.
 """
 
+from . import data  # noqa: F401  (registers the built-in synthetic datasets)
 from .config import add_sam_detr_config
 from .meta_arch import SAMDETR
 
