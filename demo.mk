@@ -1,0 +1,17 @@
+# `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
+# cores, under 15 minutes), print Detectron2's COCO table and `copypaste:` lines, and draw
+# the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/.
+# Included by the Makefile (`include demo.mk`), which provides the `env` target.
+PYTHON ?= .venv/bin/python
+DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
+DEMO_OUTPUT ?= output/demo
+DEMO_ENV ?= PYTHONPATH=projects/SAMDETR$${PYTHONPATH:+:$$PYTHONPATH}
+
+.PHONY: demo
+demo: env
+	@start=$$(date +%s); \
+	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT) \
+	&& $(DEMO_ENV) $(PYTHON) tools/visualize_predictions.py \
+		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/predictions \
+		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
+	&& echo "make demo: done in $$(( $$(date +%s) - start )) s; predictions in $(DEMO_OUTPUT)/predictions/"

@@ -1,0 +1,106 @@
+"""Starting one training job on one or many processes. Started by ``torchrun`` (environment
+variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), each process joins an
+``env://`` process group, NCCL on GPUs and gloo on CPU, and registers Detectron2's per-machine
+process group; CPU processes get a DDP model without ``device_ids``. Otherwise Detectron2's
+own ``launch`` spawns ``--num-gpus`` processes per machine (which requires CUDA and NCCL)."""
+
+import argparse
+import logging
+import os
+from datetime import timedelta
+from typing import Any, Callable
+
+import detectron2.engine.defaults as d2_defaults
+import torch
+import torch.distributed as dist
+from detectron2.engine import launch
+from detectron2.utils import comm
+
+__all__ = ["is_torchrun", "launch_job"]
+
+logger = logging.getLogger(__name__)
+
+# Environment variables set by torchrun (and by SLURM/Kubernetes launchers that mimic it).
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# Same default as Detectron2's launch.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+_d2_create_ddp_model = d2_defaults.create_ddp_model
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+    """Detectron2's ``create_ddp_model``; CPU models get no ``device_ids`` (gloo)."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+def is_torchrun() -> bool:
+    """Whether this process was started by torchrun (or an equivalent env:// launcher)."""
+    return all(k in os.environ for k in TORCHRUN_ENV)
+
+
+def _init_torchrun_process_group(timeout: timedelta) -> None:
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    if world_size % local_size != 0:
+        raise RuntimeError(
+            f"WORLD_SIZE {world_size} is not a multiple of LOCAL_WORLD_SIZE {local_size}: "
+            "every machine must run the same number of processes."
+        )
+    # Detectron2 keeps a group of the processes of this machine (comm.get_local_rank()).
+    # new_group must be called by every process for every group.
+    for machine in range(world_size // local_size):
+        ranks = list(range(machine * local_size, (machine + 1) * local_size))
+        group = dist.new_group(ranks)
+        if rank in ranks:
+            comm._LOCAL_PROCESS_GROUP = group
+    if not use_cuda:
+        d2_defaults.create_ddp_model = create_ddp_model
+    logger.info(
+        "torchrun: rank %d of %d (local rank %d of %d), backend %s",
+        rank,
+        world_size,
+        local_rank,
+        local_size,
+        backend,
+    )
+    comm.synchronize()
+
+
+def launch_job(
+    main_func: Callable[[argparse.Namespace], Any],
+    args: argparse.Namespace,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> None:
+    """Run ``main_func(args)`` in this process under torchrun, else through Detectron2's
+    ``launch`` with ``args.num_gpus``, ``args.num_machines``, ``args.machine_rank`` and
+    ``args.dist_url``."""
+    if is_torchrun():
+        _init_torchrun_process_group(timeout)
+        try:
+            main_func(args)
+        finally:
+            dist.destroy_process_group()
+        return
+    if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} needs CUDA, which "
+            "is not available. For several CPU processes start this script with torchrun, "
+            f"e.g. torchrun --nproc_per_node {args.num_gpus} train_net.py --config-file ..."
+        )
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        timeout=timeout,
+    )

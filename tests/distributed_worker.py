@@ -1,0 +1,27 @@
+"""torchrun entry point of test_distributed.py: train_net.py's ``main``, after which every rank
+saves its model weights to ``$SAM_DETR_TEST_WEIGHTS_DIR/rank<r>.pth`` (outside OUTPUT_DIR) so
+that the test can compare the ranks."""
+
+import os
+
+import detectron2.utils.comm as comm
+import torch
+from sam_detr.launch import launch_job
+
+import train_net
+
+WEIGHTS_DIR_ENV = "SAM_DETR_TEST_WEIGHTS_DIR"
+
+
+class RecordingTrainer(train_net.Trainer):
+    def train(self):
+        results = super().train()
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        path = os.path.join(os.environ[WEIGHTS_DIR_ENV], f"rank{comm.get_rank()}.pth")
+        torch.save({"model": model.state_dict(), "world_size": comm.get_world_size()}, path)
+        return results
+
+
+if __name__ == "__main__":
+    train_net.Trainer = RecordingTrainer
+    launch_job(train_net.main, train_net.argument_parser().parse_args())

@@ -1,0 +1,45 @@
+"""Two CPU processes started by torchrun (env:// rendezvous, gloo) train the tiny config for a
+few iterations through train_net.py's main: the run completes, both ranks end with identical
+weights, and only rank 0 writes into OUTPUT_DIR."""
+
+import os
+
+import torch
+from distributed_worker import WEIGHTS_DIR_ENV
+from train_net_helpers import (
+    REPO,
+    TINY_CONFIG,
+    make_tiny_datasets,
+    run_train_net,
+    tiny_dataset_args,
+    tiny_overrides,
+)
+
+NUM_PROCESSES = 2
+
+
+def test_torchrun_two_cpu_processes(tmp_path, monkeypatch):
+    data = make_tiny_datasets(str(tmp_path / "data"))
+    out, weights = tmp_path / "out", tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NUM_PROCESSES}"]
+    args = ["--config-file", TINY_CONFIG] + tiny_dataset_args(data) + tiny_overrides(str(out))
+    r = run_train_net(
+        args, launcher=launcher, script=os.path.join(REPO, "tests", "distributed_worker.py")
+    )
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert "World size: 2" in r.stdout
+
+    ranks = [torch.load(weights / f"rank{i}.pth", weights_only=True) for i in range(NUM_PROCESSES)]
+    assert all(x["world_size"] == NUM_PROCESSES for x in ranks)
+    assert ranks[0]["model"].keys() == ranks[1]["model"].keys()
+    for k, v in ranks[0]["model"].items():
+        assert torch.equal(v, ranks[1]["model"][k]), k
+
+    written = sorted(
+        os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+    )
+    assert not [f for f in written if "rank" in f], written
+    assert {"config.yaml", "log.txt", "last_checkpoint", "model_final.pth"} <= set(written)
+    assert "copypaste: AP,AP50" in r.stdout  # evaluation gathered over both ranks
