@@ -30,22 +30,7 @@ from sam_detr import add_sam_detr_config
 from sam_detr.checkpoint import SAMDETRCheckpointer
 from sam_detr.dataset_checks import check_num_classes
 from sam_detr.dataset_mapper import DetrDatasetMapper
-
-try:
-    from sam_detr.environment import has_compiled_ops
-except ImportError:  # TEMPORARY until sam_detr.environment lands
-
-    def has_compiled_ops() -> bool:
-        import detectron2._C as _C
-
-        return hasattr(_C, "__file__") and not _C.__file__.endswith(".py")
-
-
-if not has_compiled_ops():  # TEMPORARY: collect_env_info calls into the missing _C ops
-    import detectron2.engine.defaults as _d2_defaults
-
-    _d2_defaults.collect_env_info = lambda: "detectron2 without compiled ops"
-
+from sam_detr.environment import has_compiled_ops
 from sam_detr.launch import launch_job
 from sam_detr.solver import build_optimizer
 

@@ -4,15 +4,16 @@ RoIAlign inside its reference box, a ConvNet + MLP searching M salient points in
 bilinear sampling of the features at those points (one per attention head), their sine
 position embeddings, and the reweighting of both by the previous query."""
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import box_convert, roi_align
+from torchvision.ops import box_convert
 
 from .mlp import MLP
 from .position_encoding import embed_points
+from .roi_align import roi_align
 
 # Coordinates per salient point (x, y); SMCA adds one predicted scale per coordinate.
 POINT_DIMS = 2
@@ -89,10 +90,7 @@ class SemanticsAligner(nn.Module):
         height, width = memory.shape[-2:]
         scale = memory.new_tensor([width, height, width, height]) * valid_ratio.repeat(1, 2)
         boxes = box_convert(reference_boxes, "cxcywh", "xyxy") * scale[:, None, :]
-        rois: List[torch.Tensor] = list(boxes.unbind(0))
-        region = roi_align(
-            memory, rois, output_size=self.roi_size, spatial_scale=1.0, aligned=True
-        )  # (B*N, d, R, R)
+        region = roi_align(memory, boxes, self.roi_size)  # (B*N, d, R, R)
 
         raw = self.point_mlp(F.relu(self.point_conv(region)).flatten(1))
         raw = raw.view(B * N, self.outputs_per_point // POINT_DIMS, M, POINT_DIMS)
