@@ -6,12 +6,17 @@ PYTHON ?= .venv/bin/python
 DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
 DEMO_OUTPUT ?= output/demo
 DEMO_ENV ?= PYTHONPATH=projects/SAMDETR$${PYTHONPATH:+:$$PYTHONPATH}
+# Extra config overrides, e.g. a longer schedule:
+#   make demo DEMO_OPTS='SOLVER.MAX_ITER 6600 SOLVER.STEPS "(5550,)"'
+DEMO_OPTS ?=
+# Boxes drawn in the prediction images: focal-loss scores of a short training stay low.
+DEMO_MIN_SCORE ?= 0.3
 
 .PHONY: demo
 demo: env
 	@start=$$(date +%s); \
-	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT) \
+	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT) $(DEMO_OPTS) \
 	&& $(DEMO_ENV) $(PYTHON) tools/visualize_predictions.py \
 		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/predictions \
-		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
+		--min-score $(DEMO_MIN_SCORE) MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
 	&& echo "make demo: done in $$(( $$(date +%s) - start )) s; predictions in $(DEMO_OUTPUT)/predictions/"

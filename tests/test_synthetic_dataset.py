@@ -37,7 +37,7 @@ from sam_detr.data import (
 FILE_SPEC = dataclasses.replace(TINY_SPEC, num_train=10, num_val=4)
 PROPERTY_IMAGES = 300  # default-spec images rendered for the statistical checks
 COCO_SMALL_AREA = 32 * 32
-LARGE_SIDE_FRACTION = 0.4  # a "large" box has a side of at least this fraction of the image
+LARGE_SIDE_FRACTION = 0.3  # a "large" box has a side of at least this fraction of the image
 TEXTURE_BLOCK = 8  # px; block means average the per-pixel noise away
 MIN_TEXTURE_STD = 3.0  # grey levels between background block means (noise alone gives < 1.3)
 MIN_BACKGROUND_STD = 4.0  # grey levels of object-free pixels
