@@ -3,14 +3,15 @@
 Every image is rendered from ``(spec, split, index)`` alone by a numpy ``Generator`` seeded
 with ``(spec.seed, split, index)``, so generation is deterministic, order-independent and any
 image can be regenerated on its own. The class of an object is decided only by its shape
-(circle, triangle, cross by default; square too); its colour, size, aspect ratio and rotation are sampled
-independently of the class. Objects are drawn largest first, later ones on top, and a placement
-is rejected when it would leave an earlier object less than ``spec.min_visible_fraction``
-visible, so nothing annotated is ever hidden. **Boxes are the tight box of the visible pixels**
-(the COCO convention) and ``area`` is the number of visible pixels. :func:`generate` writes PNG
-images and one COCO json per split into a cache directory keyed by a hash of the spec, built in
-a temporary sibling and moved into place with :func:`os.replace` under a file lock, so a killed
-run never leaves a half dataset that looks complete and concurrent ranks generate it once.
+(circle, triangle, cross by default; square is available); its colour, size, aspect ratio and
+rotation are sampled independently of the class. Objects are drawn largest first, later ones
+on top, and a placement is rejected when it would leave an earlier object less than
+``spec.min_visible_fraction`` visible, so nothing annotated is ever hidden. **Boxes are the
+tight box of the visible pixels** (the COCO convention) and ``area`` is the number of visible
+pixels. :func:`generate` writes PNG images and one COCO json per split into a cache directory
+keyed by a hash of the spec, built in a temporary sibling and moved into place with
+:func:`os.replace` under a file lock, so a killed run never leaves a half dataset that looks
+complete and concurrent ranks generate it once.
 Bump ``SyntheticSpec.version`` whenever the rendering code changes.
 """
 
