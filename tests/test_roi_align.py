@@ -73,3 +73,10 @@ def test_large_problems_use_torchvision(monkeypatch):
     out = roi_align(features, boxes, OUTPUT_SIZE)
     assert len(calls) == 1
     torch.testing.assert_close(out, reference(features, boxes))
+
+
+def test_non_finite_boxes_are_refused():
+    features = torch.zeros(1, 2, 6, 6)
+    boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0]]])
+    with pytest.raises(FloatingPointError, match="non-finite reference boxes"):
+        roi_align(features, boxes, OUTPUT_SIZE)

@@ -42,6 +42,11 @@ def interpolation_matrix(
     start = start - PIXEL_OFFSET
     bin_size = (end - PIXEL_OFFSET - start) / bins
     samples = torch.ceil(bin_size)  # adaptive sampling ratio, per box
+    if not torch.isfinite(samples).all():
+        raise FloatingPointError(
+            "RoIAlign got non-finite reference boxes (the model's outputs diverged); lower "
+            "SOLVER.BASE_LR or check the input images."
+        )
     max_samples = max(int(samples.max().item()), 1) if samples.numel() else 1
     dtype, device = start.dtype, start.device
     bin_index = torch.arange(bins, dtype=dtype, device=device)[:, None]
