@@ -15,7 +15,8 @@ DEMO_MIN_SCORE ?= 0.3
 .PHONY: demo
 demo: env
 	@start=$$(date +%s); \
-	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT) $(DEMO_OPTS) \
+	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) \
+		OUTPUT_DIR $(DEMO_OUTPUT) $(DEMO_OPTS) \
 	&& $(DEMO_ENV) $(PYTHON) tools/visualize_predictions.py \
 		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/predictions \
 		--min-score $(DEMO_MIN_SCORE) MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \

@@ -57,8 +57,10 @@ logger = logging.getLogger(__name__)
 
 SPLITS: Tuple[str, ...] = ("train", "val")
 SHAPES: Tuple[str, ...] = ("circle", "triangle", "square", "cross")
-# The default classes. "square" is left out: rotated and below ~16 px it is hard to tell from a
-# circle, which slowed the 15-minute CPU demo more than it taught (it stays available).
+# The default spec was made easier for the 15-minute CPU demo: 3 classes (a rotated square
+# below ~16 px is hard to tell from a circle), objects up to 0.45 of the image side, at least
+# 75% visible. Together these raised AP50 at iteration 700 from 6.5 to 8.6 (against 4 classes,
+# 0.6 and 60%). "square" stays available.
 DEFAULT_CLASSES: Tuple[str, ...] = ("circle", "triangle", "cross")
 CACHE_ENV_VAR = "SAM_DETR_DATASETS"
 DEFAULT_CACHE_ROOT = Path("~/.cache/sam_detr")
