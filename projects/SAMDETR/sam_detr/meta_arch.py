@@ -17,7 +17,7 @@ from .config import validate_sam_detr_config
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
-from .transformer import SAMTransformer
+from .transformer import SAMLayerSpec, SAMTransformer
 
 __all__ = ["SAMDETR"]
 
@@ -98,20 +98,19 @@ class SAMDETR(nn.Module):
             focal_alpha=c.FOCAL_ALPHA,
             focal_gamma=c.FOCAL_GAMMA,
         )
-        transformer = SAMTransformer(
+        layer_spec = SAMLayerSpec(
             dim=c.HIDDEN_DIM,
             num_heads=c.NHEADS,
-            enc_layers=c.ENC_LAYERS,
-            dec_layers=c.DEC_LAYERS,
             dim_feedforward=c.DIM_FEEDFORWARD,
             dropout=c.DROPOUT,
             roi_size=c.ROI_SIZE,
             point_conv_dim=c.POINT_CONV_DIM,
-            point_mlp_dims=c.POINT_MLP_DIMS,
+            point_mlp_dims=tuple(c.POINT_MLP_DIMS),
             smca=c.SMCA,
             smca_divisor=c.SMCA_DIVISOR,
             temperature=c.POSITION_TEMPERATURE,
         )
+        transformer = SAMTransformer(layer_spec, c.ENC_LAYERS, c.DEC_LAYERS)
         criterion = SetCriterion(
             num_classes=c.NUM_CLASSES,
             matcher=matcher,

@@ -3,7 +3,8 @@ SAM decoder, whose layers re-sample their queries with the Semantics Aligner bef
 cross-attention in which each head matches one salient point, and whose reference boxes
 are refined layer by layer by per-layer box heads."""
 
-from typing import Sequence, Tuple
+from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -17,6 +18,22 @@ from .smca import smca_log_weights
 # Box heads: MLP(d -> d -> d -> 4), as DETR.
 BOX_HEAD_LAYERS = 3
 BOX_DIMS = 4
+
+
+@dataclass(frozen=True)
+class SAMLayerSpec:
+    """Sizes of the transformer layers (``MODEL.SAM_DETR`` keys in brackets)."""
+
+    dim: int  # d, channels of queries and memory [HIDDEN_DIM]
+    num_heads: int  # attention heads = salient points M [NHEADS]
+    dim_feedforward: int  # [DIM_FEEDFORWARD]
+    dropout: float  # [DROPOUT]
+    roi_size: int  # side of the RoIAlign grid [ROI_SIZE]
+    point_conv_dim: int  # [POINT_CONV_DIM]
+    point_mlp_dims: Tuple[int, ...]  # hidden widths of the point MLP [POINT_MLP_DIMS]
+    smca: bool  # SMCA spatial prior in the cross-attention [SMCA]
+    smca_divisor: float  # [SMCA_DIVISOR]
+    temperature: float  # of the sine embeddings [POSITION_TEMPERATURE]
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -140,40 +157,28 @@ class SalientPointCrossAttention(nn.Module):
 class SAMDecoderLayer(nn.Module):
     """Self-attention, Semantics Aligner, salient-point cross-attention, FFN (post-norm)."""
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        num_heads: int,
-        dim_feedforward: int,
-        dropout: float,
-        roi_size: int,
-        point_conv_dim: int,
-        point_mlp_dims: Sequence[int],
-        smca: bool,
-        smca_divisor: float,
-        temperature: float,
-    ) -> None:
+    def __init__(self, spec: SAMLayerSpec) -> None:
         super().__init__()
+        dim, num_heads, dropout = spec.dim, spec.num_heads, spec.dropout
         self.dim = dim
-        self.smca = smca
-        self.smca_divisor = smca_divisor
-        self.temperature = temperature
+        self.smca = spec.smca
+        self.smca_divisor = spec.smca_divisor
+        self.temperature = spec.temperature
         self.self_attn = QuerySelfAttention(dim, num_heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.semantics_aligner = SemanticsAligner(
             dim=dim,
             num_heads=num_heads,
-            roi_size=roi_size,
-            point_conv_dim=point_conv_dim,
-            point_mlp_dims=point_mlp_dims,
-            predict_scales=smca,
-            temperature=temperature,
+            roi_size=spec.roi_size,
+            point_conv_dim=spec.point_conv_dim,
+            point_mlp_dims=spec.point_mlp_dims,
+            predict_scales=spec.smca,
+            temperature=spec.temperature,
         )
         self.cross_attn = SalientPointCrossAttention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.linear1 = nn.Linear(dim, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.linear1 = nn.Linear(dim, spec.dim_feedforward)
+        self.linear2 = nn.Linear(spec.dim_feedforward, dim)
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -219,42 +224,15 @@ class SAMDecoderLayer(nn.Module):
 class SAMTransformer(nn.Module):
     """Encoder + SAM decoder with per-layer reference-box refinement."""
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        num_heads: int,
-        enc_layers: int,
-        dec_layers: int,
-        dim_feedforward: int,
-        dropout: float,
-        roi_size: int,
-        point_conv_dim: int,
-        point_mlp_dims: Sequence[int],
-        smca: bool,
-        smca_divisor: float,
-        temperature: float,
-    ) -> None:
+    def __init__(self, spec: SAMLayerSpec, enc_layers: int, dec_layers: int) -> None:
         super().__init__()
+        dim = spec.dim
         self.dim = dim
         self.encoder = nn.ModuleList(
-            EncoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(enc_layers)
+            EncoderLayer(dim, spec.num_heads, spec.dim_feedforward, spec.dropout)
+            for _ in range(enc_layers)
         )
-        self.decoder = nn.ModuleList(
-            SAMDecoderLayer(
-                dim=dim,
-                num_heads=num_heads,
-                dim_feedforward=dim_feedforward,
-                dropout=dropout,
-                roi_size=roi_size,
-                point_conv_dim=point_conv_dim,
-                point_mlp_dims=point_mlp_dims,
-                smca=smca,
-                smca_divisor=smca_divisor,
-                temperature=temperature,
-            )
-            for _ in range(dec_layers)
-        )
+        self.decoder = nn.ModuleList(SAMDecoderLayer(spec) for _ in range(dec_layers))
         # Xavier on every matrix of the encoder and decoder layers (official init).
         for p in self.parameters():
             if p.dim() > 1:
