@@ -2,6 +2,9 @@
 boxes inside, across and outside the map, degenerate boxes and several sampling ratios; and
 the switch to torchvision's kernel for maps too large for the separable path."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from sam_detr import roi_align as roi_align_module
@@ -80,3 +83,15 @@ def test_non_finite_boxes_are_refused():
     boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0]]])
     with pytest.raises(FloatingPointError, match="non-finite reference boxes"):
         roi_align(features, boxes, OUTPUT_SIZE)
+
+
+def test_benchmark_tool_times_both_paths(capsys):
+    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_roi_align.py"
+    spec = importlib.util.spec_from_file_location("benchmark_roi_align", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(["--batch", "1", "--boxes", "3", "--channels", "2", "--height", "5", "--width", "6"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("RoIAlign 1x3 boxes on a 2x5x6 map")
+    assert [line.split()[0] for line in lines[1:]] == ["torchvision", "separable"]
+    assert all("forward + backward" in line and line.endswith("ms") for line in lines[1:])
