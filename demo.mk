@@ -6,7 +6,7 @@ PYTHON ?= .venv/bin/python
 DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
 DEMO_OUTPUT ?= output/demo
 DEMO_ENV ?= PYTHONPATH=projects/SAMDETR$${PYTHONPATH:+:$$PYTHONPATH}
-# Extra config overrides, e.g. a longer schedule (AP50 ~60 after ~19 minutes on 2 cores):
+# Extra config overrides, e.g. a longer schedule:
 #   make demo DEMO_OPTS='SOLVER.MAX_ITER 3300'
 DEMO_OPTS ?=
 # Boxes drawn in the prediction images: focal-loss scores of a short training stay low.
