@@ -6,11 +6,10 @@ a 20x20 map)."""
 
 import argparse
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
-from sam_detr.roi_align import roi_align
-from torchvision.ops import roi_align as torchvision_roi_align
+from sam_detr.roi_align import roi_align, torchvision_path
 
 WARMUP_RUNS = 2
 MS_PER_S = 1000.0
@@ -48,11 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sides = torch.rand(args.batch, args.boxes, 2, generator=generator)
     scale = torch.tensor([args.width, args.height] * 2, dtype=torch.float32)
     boxes = torch.cat([centres - sides / 2, centres + sides / 2], dim=-1).clamp(0, 1) * scale
-    rois: List[torch.Tensor] = list(boxes.unbind(0))
     paths = {
-        "torchvision": lambda: torchvision_roi_align(
-            features, rois, args.output_size, spatial_scale=1.0, aligned=True
-        ),
+        "torchvision": lambda: torchvision_path(features, boxes, args.output_size),
         "separable": lambda: roi_align(features, boxes, args.output_size),
     }
     print(

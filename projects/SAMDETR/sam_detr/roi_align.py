@@ -16,7 +16,7 @@ from typing import List
 import torch
 from torchvision.ops import roi_align as torchvision_roi_align
 
-__all__ = ["SEPARABLE_MAX_ELEMENTS", "interpolation_matrix", "roi_align"]
+__all__ = ["SEPARABLE_MAX_ELEMENTS", "interpolation_matrix", "roi_align", "torchvision_path"]
 
 # Largest (B, N, C, output size, W) intermediate of the separable path (float32: 128 MiB); a
 # bigger problem (COCO-sized maps with 300 queries) goes to torchvision's kernel.
@@ -51,7 +51,8 @@ def interpolation_matrix(
     dtype, device = start.dtype, start.device
     bin_index = torch.arange(bins, dtype=dtype, device=device)[:, None]
     sample_index = torch.arange(max_samples, dtype=dtype, device=device)
-    step = bin_size / samples.clamp(min=1)
+    divisor = samples.clamp(min=1)  # a zero-size box has no sample: its weights stay 0
+    step = bin_size / divisor
     pos = (
         start[..., None, None]
         + bin_index * bin_size[..., None, None]
@@ -63,11 +64,19 @@ def interpolation_matrix(
     low = pos.floor().clamp(max=size - 1)
     frac = torch.where(low >= size - 1, torch.zeros_like(pos), pos - low)
     high = (low + 1).clamp(max=size - 1)
-    scale = used.to(dtype) / samples.clamp(min=1)[..., None, None]
+    scale = used.to(dtype) / divisor[..., None, None]
     weights = torch.zeros(*pos.shape[:-1], size, dtype=dtype, device=device)
     weights.scatter_add_(-1, low.long(), (1 - frac) * scale)
     weights.scatter_add_(-1, high.long(), frac * scale)
     return weights
+
+
+def torchvision_path(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> torch.Tensor:
+    """torchvision's kernel with the arguments and shapes of :func:`roi_align`."""
+    rois: List[torch.Tensor] = list(boxes.unbind(0))
+    return torchvision_roi_align(
+        features, rois, output_size=output_size, spatial_scale=1.0, aligned=True
+    )
 
 
 def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> torch.Tensor:
@@ -87,10 +96,7 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
         features.device.type == "cpu" and B * N * C * output_size * W <= SEPARABLE_MAX_ELEMENTS
     )
     if not separable:
-        rois: List[torch.Tensor] = list(boxes.unbind(0))
-        return torchvision_roi_align(
-            features, rois, output_size=output_size, spatial_scale=1.0, aligned=True
-        )
+        return torchvision_path(features, boxes, output_size)
     boxes = boxes.detach()
     rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], H, output_size).to(features.dtype)
     cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], W, output_size).to(features.dtype)
