@@ -13,8 +13,8 @@ from typing import Any, List
 import torch
 from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
-from torch import nn
 from sam_detr.config import get_sam_detr_cfg
+from torch import nn
 
 
 def sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
