@@ -20,7 +20,7 @@ ENV_HASH := $(shell $(BOOTSTRAP_PYTHON) -c 'import hashlib, sys; \
 	$(ENV_INPUTS))
 ENV_STAMP := $(VENV)/.sam-detr-env-$(ENV_HASH)
 
-.PHONY: env test clean-env
+.PHONY: env test test-upstream clean-env
 
 env: $(ENV_STAMP)
 	@echo "== SAM-DETR environment ($(VENV)) =="
@@ -43,6 +43,19 @@ $(ENV_STAMP):
 
 test: env
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+# `make test-upstream D2_SRC=/path/to/detectron2`: the suite against upstream Detectron2's
+# Python package (a checkout of github.com/facebookresearch/detectron2; its detectron2/ goes
+# ahead on PYTHONPATH, no build needed). Tests that only concern the fallback skip themselves.
+D2_SRC ?=
+test-upstream: env
+	@test -f "$(D2_SRC)/detectron2/__init__.py" || { echo "make test-upstream: D2_SRC='$(D2_SRC)' \
+		is not a Detectron2 checkout (git clone https://github.com/facebookresearch/detectron2)"; \
+		exit 1; }
+	PYTHONPATH=$(abspath $(D2_SRC))$${PYTHONPATH:+:$$PYTHONPATH} $(VENV_PYTHON) -c \
+		'import detectron2, sys; print("detectron2 from", detectron2.__file__); \
+		sys.exit(not detectron2.__file__.startswith("$(abspath $(D2_SRC))"))'
+	PYTHONPATH=$(abspath $(D2_SRC))$${PYTHONPATH:+:$$PYTHONPATH} $(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
 clean-env:
 	rm -rf $(VENV) build/detectron2

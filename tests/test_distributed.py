@@ -1,11 +1,12 @@
 """Two CPU processes started by torchrun (env:// rendezvous, gloo) train the tiny config for a
-few iterations through train_net.py's main: the run completes, both ranks end with identical
-weights, and only rank 0 writes into OUTPUT_DIR."""
+few iterations through train_net.py's main: the run completes, a step whose loss is NaN on
+rank 1 only is skipped on both ranks, both ranks end with identical finite weights, and only
+rank 0 writes into OUTPUT_DIR."""
 
 import os
 
 import torch
-from distributed_worker import WEIGHTS_DIR_ENV
+from distributed_worker import NAN_ITER, NAN_RANK_ENV, WEIGHTS_DIR_ENV
 from train_net_helpers import (
     REPO,
     TINY_CONFIG,
@@ -23,6 +24,7 @@ def test_torchrun_two_cpu_processes(tmp_path, monkeypatch):
     out, weights = tmp_path / "out", tmp_path / "weights"
     weights.mkdir()
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
+    monkeypatch.setenv(NAN_RANK_ENV, "1")
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NUM_PROCESSES}"]
     args = ["--config-file", TINY_CONFIG] + tiny_dataset_args(data) + tiny_overrides(str(out))
     r = run_train_net(
@@ -30,12 +32,15 @@ def test_torchrun_two_cpu_processes(tmp_path, monkeypatch):
     )
     assert r.returncode == 0, r.stdout[-6000:]
     assert "World size: 2" in r.stdout
+    # Rank 0 (the log shown) had a finite loss, and skipped the step all the same.
+    assert f"Iteration {NAN_ITER} skipped: non-finite loss on at least one process" in r.stdout
 
     ranks = [torch.load(weights / f"rank{i}.pth", weights_only=True) for i in range(NUM_PROCESSES)]
     assert all(x["world_size"] == NUM_PROCESSES for x in ranks)
     assert ranks[0]["model"].keys() == ranks[1]["model"].keys()
     for k, v in ranks[0]["model"].items():
         assert torch.equal(v, ranks[1]["model"][k]), k
+        assert not v.is_floating_point() or torch.isfinite(v).all(), k
 
     written = sorted(
         os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs

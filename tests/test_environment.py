@@ -32,7 +32,8 @@ GT_CATEGORIES: List[List[int]] = [[1, 2], [2]]
 PERFECT_AP = 100.0
 
 requires_fallback = pytest.mark.skipif(
-    environment.has_compiled_ops(), reason="detectron2 has real compiled ops (not the fallback)"
+    environment.detectron2_origin() != environment.ORIGIN_FALLBACK,
+    reason="the Detectron2 that imports is not the pb1-detectron2 fallback",
 )
 
 

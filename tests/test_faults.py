@@ -1,20 +1,31 @@
-"""Faults and fine-tuning, in process: a non-finite loss stops training with a clear message
-and leaves the earlier checkpoints loadable; a wrong ``MODEL.WEIGHTS`` path or a file that is
-not a checkpoint fails with the path in the message; an unknown config key is named; a
-checkpoint with another class count loads everything but the class heads, in one log line."""
+"""Faults during training, in process with real backward passes: a step whose gradients are NaN
+(or whose forward pass is) does not change the weights, the optimiser state or BatchNorm's
+statistics and is counted; too many in a row stop the run with a clear message and only
+finite checkpoints on disk. An OUTPUT_DIR that cannot be created or written, a missing
+``MODEL.WEIGHTS`` file and an unknown config key are named before any work."""
 
 import argparse
-import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from detectron2.modeling import build_model
-from sam_detr.checkpoint import CheckpointError, SAMDETRCheckpointer
-from train_net_helpers import TINY_CONFIG, make_tiny_datasets, tiny_cfg, tiny_dataset_args
+from sam_detr.checkpoint import CheckpointError
+from sam_detr.train_step import NonFiniteTrainingError
+from sam_detr.trainer import OutputDirError
+from train_net_helpers import (
+    REPO,
+    TINY_CONFIG,
+    TRAIN_NET,
+    env,
+    make_tiny_datasets,
+    tiny_dataset_args,
+)
 
 import train_net
-
-NAN_AT_ITER = 2
 
 
 def _args(*extra, opts=()):
@@ -22,45 +33,140 @@ def _args(*extra, opts=()):
     return parser.parse_args(["--config-file", TINY_CONFIG] + list(extra) + list(opts))
 
 
-def test_non_finite_loss_stops_with_earlier_checkpoints_intact(tmp_path):
-    data = make_tiny_datasets(str(tmp_path / "data"))
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_datasets(str(tmp_path_factory.mktemp("faults_data")))
+
+
+def _trainer(tiny_data, out, *opts):
     args = _args(
-        *tiny_dataset_args(data, prefix="nan"),
+        *tiny_dataset_args(tiny_data, prefix="faults"),
         opts=[
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-            "DATASETS.TRAIN",
-            "('nan_train',)",
-            "DATASETS.TEST",
-            "()",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "1",
-            "SOLVER.MAX_ITER",
-            "6",
+            "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('faults_train',)", "DATASETS.TEST", "()",
+            "SOLVER.CHECKPOINT_PERIOD", "1", *opts,
         ],
-    )
+    )  # fmt: skip
     train_net.register_coco_datasets(args.coco_dataset)
     trainer = train_net.Trainer(train_net.setup(args))
-    assert isinstance(trainer.checkpointer, SAMDETRCheckpointer)
-    model = trainer._trainer.model
-    forward, calls = model.forward, []
+    trainer.resume_or_load(resume=False)
+    return trainer
 
-    def nan_forward(batched_inputs):
-        losses = forward(batched_inputs)
-        calls.append(1)
-        if len(calls) > NAN_AT_ITER:
-            losses["loss_bbox"] = losses["loss_bbox"] * float("nan")
-        return losses
 
-    model.forward = nan_forward
-    with pytest.raises(FloatingPointError, match=f"non-finite loss at iteration {NAN_AT_ITER}"):
+def _snapshot(trainer):
+    model = trainer.model
+    optimizer = trainer.optimizer.state_dict()["state"]
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {i: {k: v.clone() for k, v in s.items()} for i, s in optimizer.items()},
+    )
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class StepRecorder:
+    """Takes snapshots of the trainer's state before and after iteration ``at``."""
+
+    def __init__(self, trainer, at):
+        self.trainer, self.at, self.before, self.after = trainer, at, None, None
+        step = trainer._trainer.run_step
+
+        def run_step():
+            if trainer.iter == at:
+                self.before = _snapshot(trainer)
+            step()
+            if trainer.iter == at:
+                self.after = _snapshot(trainer)
+
+        trainer._trainer.run_step = run_step
+
+
+def test_nan_gradients_skip_the_step_and_training_goes_on(tiny_data, tmp_path):
+    # BatchNorm: the skipped step's forward pass must not leave its statistics behind.
+    trainer = _trainer(
+        tiny_data, tmp_path / "out", "MODEL.RESNETS.NORM", "BN", "SOLVER.MAX_ITER", "5"
+    )
+    model = trainer.model
+    weight = model.class_embed[0].weight
+    weight.register_hook(lambda g: g * float("nan") if trainer.iter == 2 else g)
+    recorder = StepRecorder(trainer, at=2)
+    trainer.train()
+
+    weights_before, moments_before = recorder.before
+    weights_after, moments_after = recorder.after
+    assert _same(weights_before, weights_after), "a skipped step changed weights or BN stats"
+    assert any(k.endswith("running_mean") for k in weights_before)
+    assert all(_same(moments_before[i], moments_after[i]) for i in moments_before)
+    assert trainer._trainer.skipped_steps == 1
+    final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+    assert not _same(final, weights_after)  # later steps trained again
+
+
+def test_nan_forward_in_every_step_stops_with_finite_checkpoints(tiny_data, tmp_path):
+    trainer = _trainer(
+        tiny_data, tmp_path / "out", "SOLVER.MAX_ITER", "8", "SOLVER.MAX_SKIPPED_STEPS", "2",
+        "MODEL.RESNETS.NORM", "BN",
+    )  # fmt: skip
+    model = trainer.model
+
+    def poison(module, inputs):
+        return (inputs[0] * float("nan"),) if trainer.iter >= 2 else None
+
+    model.backbone.register_forward_pre_hook(poison)
+    with pytest.raises(NonFiniteTrainingError) as err:
         trainer.train()
-    last = trainer.checkpointer.get_checkpoint_file()
-    assert last.endswith(f"model_{NAN_AT_ITER - 1:07d}.pth")
-    fresh = build_model(tiny_cfg())
-    SAMDETRCheckpointer(fresh).load(last)
-    assert all(torch.isfinite(p).all() for p in fresh.state_dict().values())
-    assert not (tmp_path / "out" / "model_final.pth").exists()
+    message = str(err.value)
+    assert "3 consecutive steps (iterations 2-4) had a non-finite loss" in message
+    assert "SOLVER.MAX_SKIPPED_STEPS=2" in message
+    assert "model_0000003.pth" in message and "--resume" in message
+    out = tmp_path / "out"
+    assert not (out / "model_final.pth").exists()
+    saved = sorted(f for f in os.listdir(out) if f.startswith("model_"))
+    assert saved == [f"model_{i:07d}.pth" for i in range(4)]
+    first_good = torch.load(out / "model_0000001.pth", weights_only=True)["model"]
+    for name in saved:
+        state = torch.load(out / name, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+        if name >= "model_0000002.pth":  # every later step was skipped
+            assert _same(state, first_good), name
+
+
+def test_output_dir_under_a_regular_file_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputDirError, match=f"OUTPUT_DIR '{blocker}/run' cannot be used"):
+        train_net.setup(_args(opts=["OUTPUT_DIR", str(blocker / "run")]))
+    assert blocker.read_text() == "not a folder"
+
+
+# Files may not grow beyond this (bytes): Python's start-up still works, a full disk begins.
+NEARLY_FULL_DISK = 4096
+
+
+def _nearly_full_disk():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (NEARLY_FULL_DISK, NEARLY_FULL_DISK))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write raises EFBIG instead
+
+
+def test_unwritable_output_dir_is_refused_before_any_work(tmp_path):
+    """Files cannot grow past a few KiB (RLIMIT_FSIZE, as a full disk): the run stops before
+    writing anything."""
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, TRAIN_NET, "--config-file", TINY_CONFIG, "OUTPUT_DIR", str(out)],
+        cwd=REPO,
+        env=env(),
+        preexec_fn=_nearly_full_disk,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert f"OUTPUT_DIR '{out}' cannot be used: File too large" in r.stdout
+    assert os.listdir(out) == []
 
 
 def test_missing_weights_file_is_named(tmp_path):
@@ -69,21 +175,6 @@ def test_missing_weights_file_is_named(tmp_path):
         train_net.main(
             _args("--eval-only", opts=["MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path)])
         )
-
-
-@pytest.mark.parametrize("content", [b"not a checkpoint", b""])
-def test_file_that_is_not_a_checkpoint_is_named(tmp_path, content):
-    path = tmp_path / "weights.pth"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=f"'{path}' is not a PyTorch or Detectron2"):
-        SAMDETRCheckpointer(build_model(tiny_cfg())).load(str(path))
-
-
-def test_checkpoint_without_model_state_is_named(tmp_path):
-    path = tmp_path / "list.pth"
-    torch.save([1, 2, 3], path)
-    with pytest.raises(CheckpointError, match="holds no model state_dict"):
-        SAMDETRCheckpointer(build_model(tiny_cfg())).load(str(path))
 
 
 def test_unknown_config_key_is_named(tmp_path):
@@ -96,54 +187,19 @@ def test_unknown_config_key_is_named(tmp_path):
         train_net.setup(parser.parse_args(["--config-file", str(bad)]))
 
 
-def test_finetune_from_other_class_count(tmp_path, caplog):
-    source = build_model(tiny_cfg("MODEL.SAM_DETR.NUM_CLASSES", "5"))
-    path = str(tmp_path / "coco_like.pth")
-    torch.save({"model": source.state_dict(), "iteration": 7}, path)
-
-    target = build_model(tiny_cfg("MODEL.SAM_DETR.NUM_CLASSES", "3"))
-    before = {k: v.clone() for k, v in target.state_dict().items()}
-    with caplog.at_level(logging.INFO):
-        SAMDETRCheckpointer(target).load(path)
-    lines = [r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage()]
-    assert len(lines) == 1 and "has 5 classes" in lines[0] and ") 3;" in lines[0]
-    others = [r.getMessage() for r in caplog.records if "re-initialised" not in r.getMessage()]
-    assert not [m for m in others if "class_embed" in m], "class heads reported twice"
-
-    heads = [k for k in before if k.split(".")[0] == "class_embed"]
-    assert heads and all(before[k].shape[0] == 3 for k in heads)
-    after, src = target.state_dict(), source.state_dict()
-    for k in after:
-        expected = before[k] if k in heads else src[k]
-        assert torch.equal(after[k], expected), k
-
-
-def test_class_head_names_cover_all_class_dimensions():
-    model = build_model(tiny_cfg("MODEL.SAM_DETR.NUM_CLASSES", "3"))
-    sized = [k for k, v in model.state_dict().items() if v.ndim and v.shape[0] == 3]
-    assert sized and all(k.startswith("class_embed.") for k in sized)
-    assert len(sized) == 2 * tiny_cfg().MODEL.SAM_DETR.DEC_LAYERS  # weight and bias per layer
+def test_training_refuses_aspect_ratio_grouping(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="ASPECT_RATIO_GROUPING False"):
+        _trainer(tiny_data, tmp_path, "DATALOADER.ASPECT_RATIO_GROUPING", "True")
 
 
 def test_parser_keeps_detectron2_arguments():
     args = train_net.argument_parser().parse_args(
         [
-            "--config-file",
-            "c.yaml",
-            "--num-gpus",
-            "8",
-            "--num-machines",
-            "2",
-            "--machine-rank",
-            "1",
-            "--dist-url",
-            "tcp://h:1234",
-            "--resume",
-            "--eval-only",
-            "A.B",
-            "1",
+            "--config-file", "c.yaml", "--num-gpus", "8", "--num-machines", "2",
+            "--machine-rank", "1", "--dist-url", "tcp://h:1234", "--resume", "--eval-only",
+            "A.B", "1",
         ]
-    )
+    )  # fmt: skip
     assert isinstance(args, argparse.Namespace)
     assert (args.num_gpus, args.num_machines, args.machine_rank) == (8, 2, 1)
     assert args.dist_url == "tcp://h:1234" and args.resume and args.eval_only

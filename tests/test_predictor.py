@@ -1,15 +1,19 @@
 """Detectron2's ``DefaultPredictor`` on a real image file for the demo config and every paper
-config (randomly initialised: ``MODEL.WEIGHTS ""``; paper configs at a small test size), and
-``MODEL.SAM_DETR.SCORE_THRESH_TEST`` dropping low-scoring detections."""
+config (randomly initialised: ``MODEL.WEIGHTS ""``; paper configs at a small test size),
+``MODEL.SAM_DETR.SCORE_THRESH_TEST`` dropping low-scoring detections, and ``SAMDETRPredictor``
+refusing arrays that are not H x W x 3 uint8 BGR (the model itself refusing other channel
+counts and warning about float images in [0, 1])."""
 
 import os
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
-from sam_detr import add_sam_detr_config
+from detectron2.modeling import build_model
+from sam_detr import SAMDETRPredictor, add_sam_detr_config
 from train_net_helpers import REPO, write_tiny_coco
 
 CONFIGS = os.path.join(REPO, "configs")
@@ -81,3 +85,55 @@ def test_score_threshold_drops_low_scores(image_file, tmp_path):
     kept = DefaultPredictor(cfg)(image)["instances"]
     assert 0 < len(kept) < len(scores)
     assert (kept.scores > threshold).all()
+
+
+@pytest.fixture(scope="module")
+def demo_predictor():
+    return SAMDETRPredictor(_cfg(DEMO_CONFIG))
+
+
+@pytest.mark.parametrize(
+    "convert, message",
+    [
+        (
+            lambda bgr: cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
+            r"shape \(96, 128\)\. .*COLOR_GRAY2BGR",
+        ),
+        (lambda bgr: cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA), r"\(96, 128, 4\)\. .*COLOR_BGRA2BGR"),
+        (lambda bgr: bgr[..., :2], r"shape \(96, 128, 2\)\.$"),
+        (lambda bgr: bgr.astype(np.float32) / 255, r"dtype float32\. .*\* 255"),
+        (lambda bgr: bgr.astype(np.int32), r"dtype int32\.$"),
+        (lambda bgr: bgr[:0], r"empty image"),
+    ],
+    ids=["gray", "bgra", "two-channel", "float-unit", "int32", "empty"],
+)
+def test_predictor_refuses_arrays_it_cannot_use(demo_predictor, image_file, convert, message):
+    with pytest.raises(ValueError, match=message) as err:
+        demo_predictor(convert(cv2.imread(image_file)))
+    assert "H x W x 3 uint8 array in BGR order" in str(err.value) or "empty" in str(err.value)
+
+
+def test_predictor_refuses_non_arrays(demo_predictor, image_file):
+    with pytest.raises(TypeError, match="got a list"):
+        demo_predictor(cv2.imread(image_file).tolist())
+
+
+def test_predictor_matches_default_predictor_on_valid_input(demo_predictor, image_file, tmp_path):
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": demo_predictor.model.state_dict()}, weights)
+    cfg = _cfg(DEMO_CONFIG, "MODEL.WEIGHTS", weights)
+    image = cv2.imread(image_file)
+    ours = SAMDETRPredictor(cfg)(image)["instances"]
+    theirs = DefaultPredictor(cfg)(image)["instances"]
+    assert len(ours) > 0
+    torch.testing.assert_close(ours.scores, theirs.scores)
+    torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+
+
+def test_model_checks_what_reaches_it(caplog):
+    model = build_model(_cfg(DEMO_CONFIG)).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"\(3, H, W\) tensor.*\(4, 32, 32\)"):
+        model([{"image": torch.zeros(4, 32, 32)}])
+    with torch.no_grad():
+        model([{"image": torch.rand(3, 32, 32)}])
+    assert "float image with values in [0, 1]" in caplog.text

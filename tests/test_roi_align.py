@@ -78,11 +78,13 @@ def test_large_problems_use_torchvision(monkeypatch):
     torch.testing.assert_close(out, reference(features, boxes))
 
 
-def test_non_finite_boxes_are_refused():
-    features = torch.zeros(1, 2, 6, 6)
-    boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0]]])
-    with pytest.raises(FloatingPointError, match="non-finite reference boxes"):
-        roi_align(features, boxes, OUTPUT_SIZE)
+@pytest.mark.parametrize("max_elements", [roi_align_module.SEPARABLE_MAX_ELEMENTS, 0])
+def test_non_finite_boxes_sample_nothing(monkeypatch, max_elements):
+    monkeypatch.setattr(roi_align_module, "SEPARABLE_MAX_ELEMENTS", max_elements)
+    features = torch.randn(1, 2, 6, 6)
+    boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0], [0.0, float("inf"), 2.0, 3.0]]])
+    out = roi_align(features, boxes, OUTPUT_SIZE)
+    assert out.shape == (2, 2, OUTPUT_SIZE, OUTPUT_SIZE) and not out.any()
 
 
 def test_benchmark_tool_times_both_paths(capsys):

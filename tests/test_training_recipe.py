@@ -1,8 +1,10 @@
-"""The pieces of the DETR training recipe that need no model: the DETR augmentation mapper
-(output sizes, boxes following flip/resize/crop, empty images, zero-area boxes, unreadable
-images), the optimiser (parameter groups, backbone multiplier, full-model gradient clipping)
-and the schedules of the paper configs."""
+"""The pieces of the DETR training recipe that need no SAM-DETR model: the DETR augmentation
+mapper (output sizes, boxes following flip/resize/crop, empty images, zero-area boxes,
+unreadable images), the optimiser (parameter groups, backbone multiplier), the training
+step's full-model gradient clipping, the choice of precision, and the schedules of the paper
+configs."""
 
+import itertools
 import math
 import os
 import re
@@ -13,9 +15,12 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import BoxMode
+from detectron2.utils.events import EventStorage
 from sam_detr import add_sam_detr_config
 from sam_detr.dataset_mapper import DetrDatasetMapper, ImageReadError
+from sam_detr.precision import MixedPrecision, Precision, ScaledMixedPrecision, build_precision
 from sam_detr.solver import build_optimizer
+from sam_detr.train_step import SAMDETRTrainStep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -117,23 +122,60 @@ class _ToyDetector(torch.nn.Module):
         self.backbone[0].weight.requires_grad_(False)  # frozen like res2
         self.head = torch.nn.Linear(8, 4)
 
+    def forward(self, batch):
+        features = self.backbone(torch.stack(batch)).mean((2, 3))
+        return {"loss_a": self.head(features).square().sum() * 100, "loss_b": features.sum()}
 
-def test_optimizer_groups_and_full_model_clipping():
+
+def test_optimizer_groups():
     cfg = paper_cfg()
     model = _ToyDetector()
     opt = build_optimizer(cfg, model)
-    assert isinstance(opt, torch.optim.AdamW)
+    assert type(opt) is torch.optim.AdamW  # full-model clipping is the step's, not the optimizer's
     lrs = sorted(g["lr"] for g in opt.param_groups)
     assert lrs == pytest.approx([1e-5, 1e-4])
     assert all(g["weight_decay"] == pytest.approx(1e-4) for g in opt.param_groups)
     backbone_group = min(opt.param_groups, key=lambda g: g["lr"])
     assert len(backbone_group["params"]) == 3  # conv bias, BN weight and bias; not frozen
+
+
+def test_train_step_clips_the_full_model_gradient_norm():
+    cfg = paper_cfg()
+    torch.manual_seed(0)
+    model = _ToyDetector()
+    opt = build_optimizer(cfg, model)
+    batch = [torch.randn(3, 12, 12) for _ in range(2)]
+    step = SAMDETRTrainStep(
+        model,
+        opt,
+        loader_factory=lambda seed, start: itertools.repeat(batch),
+        precision=Precision(),
+        seed=0,
+        clip_norm=cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    with EventStorage(0) as storage:
+        step.run_step()
     params = [p for g in opt.param_groups for p in g["params"]]
-    for p in params:
-        p.grad = torch.full_like(p, 10.0)
-    opt.step()
     total = torch.norm(torch.stack([p.grad.norm() for p in params]))
-    assert total <= cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE + 1e-6
+    assert total == pytest.approx(cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE, rel=1e-4)
+    assert storage.history("grad_norm").latest() > 10 * total  # clipped from the raw norm
+    assert storage.history("total_loss").latest() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_precision_choice():
+    assert str(build_precision(False, "auto", "cpu", scale=True)) == "float32"
+    cpu = build_precision(True, "auto", "cpu", scale=True)
+    assert isinstance(cpu, MixedPrecision) and cpu.dtype == torch.bfloat16
+    assert not isinstance(cpu, ScaledMixedPrecision)
+    gpu = build_precision(True, "auto", "cuda", scale=True)
+    assert isinstance(gpu, ScaledMixedPrecision) and gpu.dtype == torch.float16
+    assert type(build_precision(True, "auto", "cuda", scale=False)) is MixedPrecision
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU"):
+        build_precision(True, "float16", "cpu", scale=True)
+    with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE must be"):
+        build_precision(True, "fp8", "cpu", scale=True)
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import cv2
 import numpy as np
@@ -102,9 +102,10 @@ def tiny_overrides(output_dir: str, prefix: str = "tiny") -> List[str]:
     ]
 
 
-def env() -> Dict[str, str]:
+def env(first_paths: Sequence[str] = ()) -> Dict[str, str]:
+    """The environment of a subprocess: ``first_paths``, the project, then ``$PYTHONPATH``."""
     e = dict(os.environ)
-    paths = (PYTHONPATH, REPO, e.get("PYTHONPATH"))
+    paths = (*first_paths, PYTHONPATH, REPO, e.get("PYTHONPATH"))
     e["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     e.setdefault("OMP_NUM_THREADS", "1")
     return e
@@ -114,16 +115,30 @@ def train_net_command(args: List[str], script: str = TRAIN_NET) -> List[str]:
     return [sys.executable, script] + args
 
 
+def hide_module(root: str, name: str) -> str:
+    """A folder to put first on ``PYTHONPATH`` in which importing ``name`` fails, as when the
+    package is not installed; returns the folder."""
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    with open(os.path.join(root, name, "__init__.py"), "w") as f:
+        f.write(f"raise ImportError('{name} is hidden by the test')\n")
+    return root
+
+
 def run_train_net(
-    args: List[str], timeout: float = 240, script: str = TRAIN_NET, launcher: List[str] = ()
+    args: List[str],
+    timeout: float = 240,
+    script: str = TRAIN_NET,
+    launcher: List[str] = (),
+    first_paths: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
     """Run ``script`` (train_net.py), optionally after ``launcher`` arguments (e.g.
-    ``-m torch.distributed.run ...``); stdout and stderr together in ``.stdout``."""
+    ``-m torch.distributed.run ...``) and with ``first_paths`` ahead on ``PYTHONPATH``;
+    stdout and stderr together in ``.stdout``."""
     cmd = [sys.executable] + list(launcher) + [script] + args
     return subprocess.run(
         cmd,
         cwd=REPO,
-        env=env(),
+        env=env(first_paths),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -9,13 +9,11 @@ is written; on any mismatch nothing is written and the exit status is 1."""
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
 from detectron2.modeling import build_model
+from sam_detr.checkpoint import save_atomically
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.official_checkpoint import (
     NotAnOfficialCheckpoint,
@@ -51,16 +49,8 @@ def convert(args: argparse.Namespace) -> str:
         "__author__": "converted from the official SAM-DETR implementation",
         "matching_heuristics": False,
     }
-    out_dir = args.output.resolve().parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{args.output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    args.output.resolve().parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(payload, str(args.output))
     try:
         shown = config.relative_to(Path.cwd())
     except ValueError:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Draw a trained model's detections on the first images of a dataset. Runs Detectron2's
-``DefaultPredictor`` with a train_net.py config and ``MODEL.WEIGHTS`` on the first
-``--num-images`` images of ``DATASETS.TEST[0]`` and writes one PNG per image (predictions
-scoring at least ``--min-score``, drawn with Detectron2's ``Visualizer``) into ``--output``.
+"""Draw a trained model's detections on the first images of a dataset. Runs
+``SAMDETRPredictor`` (Detectron2's ``DefaultPredictor`` with input checks and strict weight
+loading) with a train_net.py config and ``MODEL.WEIGHTS`` on the first ``--num-images`` images
+of ``DATASETS.TEST[0]`` and writes one PNG per image (predictions scoring at least
+``--min-score``, drawn with Detectron2's ``Visualizer``) into ``--output``.
 
 Example: python tools/visualize_predictions.py --config-file output/demo/config.yaml \
     --output output/demo/predictions MODEL.WEIGHTS output/demo/model_final.pth
@@ -18,10 +19,9 @@ import sam_detr.data  # noqa: F401  (registers the built-in synthetic datasets)
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
-from sam_detr import add_sam_detr_config
+from sam_detr import SAMDETRPredictor, add_sam_detr_config
 
 logger = logging.getLogger("sam_detr.visualize_predictions")
 
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> List[str]:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     dataset = cfg.DATASETS.TEST[0]
-    predictor = DefaultPredictor(cfg)
+    predictor = SAMDETRPredictor(cfg)
     metadata = MetadataCatalog.get(dataset)
     os.makedirs(args.output, exist_ok=True)
     written = []

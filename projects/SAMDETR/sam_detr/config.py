@@ -58,10 +58,26 @@ def add_sam_detr_config(cfg: CN) -> None:
     _C.AUX_LOSS = True
     # Detections scoring below this are dropped at inference (0 for COCO evaluation).
     _C.SCORE_THRESH_TEST = 0.0
+    # Loading weights that miss, add or reshape tensors is an error (training may still start
+    # from a backbone-only checkpoint or re-initialise class heads). False: load what fits,
+    # warn, and keep the rest as initialised (Detectron2's default behaviour).
+    _C.STRICT_WEIGHTS = True
 
     # AdamW with a smaller learning rate for the backbone (DETR recipe).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Consecutive training steps with a non-finite loss or gradient that are skipped (weights
+    # not updated, logged) before training stops; 0 stops at the first one.
+    cfg.SOLVER.MAX_SKIPPED_STEPS = 5
+    # Mixed precision (SOLVER.AMP.ENABLED, TEST.AMP.ENABLED): "auto" is float16 with gradient
+    # scaling on CUDA and bfloat16 on CPUs; or "float16" / "bfloat16".
+    cfg.SOLVER.AMP.DTYPE = "auto"
+
+    # ---- Data checks (dataset_checks.py) ----
+    # Boxes of zero width or height, or entirely outside their image: "drop" leaves them out
+    # of training with one summary warning; "error" refuses the dataset. (Non-finite or
+    # negative-size boxes, unknown categories and duplicated image ids are always refused.)
+    cfg.DATASETS.INVALID_BOXES = "drop"
 
     # ---- Training recipe keys (train_net.py, dataset_mapper.py) ----
     # DETR crop branch: shortest-side sizes of the resize applied before the random crop of

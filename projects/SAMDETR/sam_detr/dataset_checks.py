@@ -1,17 +1,52 @@
-"""Checks that a dataset fits the configured model before any training time is spent. The
-classic DETR pitfall is a ``NUM_CLASSES`` left at COCO's 80 (or set to the largest category
-id) for a custom dataset: training runs but learns the wrong problem. Here a disagreement
-between ``MODEL.SAM_DETR.NUM_CLASSES`` and the dataset's classes is refused with both
-numbers in the message."""
+"""Checks that a dataset fits the model before any training or evaluation time is spent.
 
+- ``NUM_CLASSES`` must equal the dataset's number of classes (the classic DETR pitfall is 80
+  left for a custom dataset, or the largest category id).
+- Refused, naming the dataset, file, image id and annotation: duplicated image ids (in the
+  json file of ``--coco-dataset``, as pycocotools keeps one silently; in the loaded dicts of
+  any dataset), category ids the json file or the metadata does not declare (Detectron2's
+  COCO loader raises a bare ``KeyError``), boxes with non-finite coordinates or a negative
+  width or height (a broken file, or boxes in another format than COCO's
+  ``[x, y, width, height]``).
+- Boxes of zero width or height, or entirely outside their image, carry nothing to learn:
+  with ``DATASETS.INVALID_BOXES "drop"`` (default) they are dropped from training with one
+  summary warning (counts and a first example); at evaluation the warning says that the COCO
+  evaluator, which reads the json file, counts them as missed. ``"error"`` refuses them.
+- Images without objects are allowed.
+"""
+
+import json
 import logging
-from typing import Any, Dict, Iterable, List
+import math
+from collections import Counter
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
 
-__all__ = ["check_num_classes"]
+__all__ = [
+    "DatasetError",
+    "INVALID_BOX_POLICIES",
+    "check_annotations",
+    "check_coco_json",
+    "check_num_classes",
+    "load_checked_dataset",
+    "load_coco_dataset",
+]
 
 logger = logging.getLogger(__name__)
+
+# DATASETS.INVALID_BOXES values.
+DROP, ERROR = "drop", "error"
+INVALID_BOX_POLICIES = (DROP, ERROR)
+# Kinds of invalid boxes that the policy applies to.
+ZERO_SIZE = "zero width or height"
+OUTSIDE = "entirely outside its image"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as it is (the message names the file and the annotation)."""
 
 
 def check_num_classes(
@@ -44,3 +79,165 @@ def check_num_classes(
             "0..K-1 expected)."
         )
     logger.info("Dataset '%s' has no thing_classes metadata; category ids fit.", dataset_name)
+
+
+def _source(dataset_name: str) -> str:
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    return f"dataset '{dataset_name}'" + (f" ({json_file})" if json_file else "")
+
+
+def _where(dataset_name: str, record: Dict[str, Any], index: int, anno: Dict[str, Any]) -> str:
+    ann_id = f"annotation id {anno['id']}" if "id" in anno else f"annotation #{index}"
+    return (
+        f"{_source(dataset_name)}, image id {record.get('image_id')} "
+        f"({record.get('file_name')}), {ann_id}"
+    )
+
+
+def _xywh(anno: Dict[str, Any]) -> List[float]:
+    box = [float(v) for v in anno["bbox"]]
+    mode = anno.get("bbox_mode", BoxMode.XYWH_ABS)
+    if mode != BoxMode.XYWH_ABS:
+        box = list(BoxMode.convert(box, mode, BoxMode.XYWH_ABS))
+    return box
+
+
+def _box_problem(
+    dataset_name: str, record: Dict[str, Any], index: int, anno: Dict[str, Any], classes: int
+) -> Optional[str]:
+    """The policy-governed problem of one annotation (None if fine); raises for the others."""
+    where = _where(dataset_name, record, index, anno)
+    category = anno.get("category_id")
+    if classes and not (isinstance(category, int) and 0 <= category < classes):
+        raise DatasetError(
+            f"{where}: category id {category} is not one of the dataset's {classes} classes."
+        )
+    if "bbox" not in anno or len(anno["bbox"]) != 4:
+        raise DatasetError(f"{where}: no 4-number 'bbox' ({anno.get('bbox')}).")
+    x, y, w, h = box = _xywh(anno)
+    if not all(math.isfinite(v) for v in box):
+        raise DatasetError(f"{where}: bbox {anno['bbox']} has a non-finite coordinate.")
+    if w < 0 or h < 0:
+        raise DatasetError(
+            f"{where}: bbox {anno['bbox']} has a negative width or height. COCO boxes are "
+            "[x, y, width, height]; a file with [x1, y1, x2, y2] boxes must be converted."
+        )
+    if w == 0 or h == 0:
+        return ZERO_SIZE
+    height, width = record.get("height"), record.get("width")
+    if height and width and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+        return OUTSIDE
+    return None
+
+
+def check_annotations(
+    dataset_name: str, dicts: Sequence[Dict[str, Any]], invalid_boxes: str, training: bool
+) -> List[Dict[str, Any]]:
+    """Check ``dicts`` of ``dataset_name`` (see the module docstring); return them with the
+    policy-governed invalid boxes dropped (training) or kept (evaluation)."""
+    if invalid_boxes not in INVALID_BOX_POLICIES:
+        raise ValueError(
+            f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got {invalid_boxes!r}."
+        )
+    ids = Counter(d.get("image_id") for d in dicts if "image_id" in d)
+    duplicated = [i for i, n in ids.items() if n > 1]
+    if duplicated:
+        files = [d.get("file_name") for d in dicts if d.get("image_id") == duplicated[0]]
+        raise DatasetError(
+            f"{_source(dataset_name)}: {len(duplicated)} image ids occur more than once, e.g. "
+            f"image id {duplicated[0]} for {', '.join(map(str, files[:3]))}. Image ids must be "
+            "unique (COCO evaluation matches detections to images by id)."
+        )
+    classes = len(MetadataCatalog.get(dataset_name).get("thing_classes", []) or [])
+    counts: Counter = Counter()
+    example: Dict[str, str] = {}
+    checked = []
+    for record in dicts:
+        kept = []
+        for index, anno in enumerate(record.get("annotations", [])):
+            problem = _box_problem(dataset_name, record, index, anno, classes)
+            if problem is None:
+                kept.append(anno)
+                continue
+            where = _where(dataset_name, record, index, anno)
+            if invalid_boxes == ERROR:
+                raise DatasetError(
+                    f"{where}: bbox {anno['bbox']} has {problem}. Fix the annotation, or set "
+                    'DATASETS.INVALID_BOXES "drop" to leave such boxes out of training.'
+                )
+            counts[problem] += 1
+            example.setdefault(problem, f"{where}: bbox {anno['bbox']}")
+        if training and len(kept) != len(record.get("annotations", [])):
+            record = dict(record, annotations=kept)
+        checked.append(record)
+    if counts:
+        summary = "; ".join(f"{n} with {p} (e.g. {example[p]})" for p, n in counts.items())
+        consequence = (
+            "dropped from training"
+            if training
+            else "kept: COCO evaluation reads the json file and counts them as missed"
+        )
+        logger.warning(
+            '%s: %d invalid boxes %s: %s. Set DATASETS.INVALID_BOXES "error" to refuse them.',
+            _source(dataset_name),
+            sum(counts.values()),
+            consequence,
+            summary,
+        )
+    return checked
+
+
+def check_coco_json(json_file: str, dataset_name: str) -> None:
+    """Refuse a COCO json file with duplicated image ids (pycocotools would silently keep one
+    of them) or with annotations of undeclared categories."""
+    with open(json_file) as f:
+        coco = json.load(f)
+    ids = Counter(image["id"] for image in coco.get("images", []))
+    duplicated = [i for i, n in ids.items() if n > 1]
+    if duplicated:
+        files = [im.get("file_name") for im in coco["images"] if im["id"] == duplicated[0]]
+        raise DatasetError(
+            f"{_source(dataset_name)}: {len(duplicated)} image ids occur more than once, e.g. "
+            f"image id {duplicated[0]} for {', '.join(map(str, files[:3]))}. Image ids must be "
+            "unique (COCO evaluation matches detections to images by id)."
+        )
+    known = {c["id"] for c in coco.get("categories", [])}
+    unknown = [a for a in coco.get("annotations", []) if a.get("category_id") not in known]
+    if unknown:
+        first = unknown[0]
+        raise DatasetError(
+            f"{_source(dataset_name)}: {len(unknown)} annotations have a category id that "
+            f"'categories' does not declare, e.g. annotation id {first.get('id')} of image id "
+            f"{first.get('image_id')} with category_id {first.get('category_id')} (declared: "
+            f"{sorted(known)[:20]}). Add the category or fix the annotation."
+        )
+
+
+def load_coco_dataset(json_file: str, image_root: str, dataset_name: str) -> List[Dict[str, Any]]:
+    """Detectron2's ``load_coco_json`` after :func:`check_coco_json`, keeping annotation ids
+    (named by the checks). The loader of ``train_net.py --coco-dataset``."""
+    check_coco_json(json_file, dataset_name)
+    return load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=["id"])
+
+
+def load_checked_dataset(
+    names: Sequence[str],
+    num_classes: int,
+    invalid_boxes: str,
+    training: bool,
+    filter_empty: bool = False,
+) -> List[Dict[str, Any]]:
+    """Detectron2 dicts of the datasets ``names`` (``filter_empty``: without images that have
+    no object), checked (see the module docstring)."""
+    dicts: List[Dict[str, Any]] = []
+    for name in names:
+        try:
+            loaded = get_detection_dataset_dicts([name], filter_empty=filter_empty)
+        except KeyError:  # Detectron2's COCO loader: an undeclared category id
+            json_file = MetadataCatalog.get(name).get("json_file", None)
+            if json_file:
+                check_coco_json(json_file, name)  # raises the error naming the annotation
+            raise
+        check_num_classes(name, loaded, num_classes)
+        dicts.extend(check_annotations(name, loaded, invalid_boxes, training))
+    return dicts

@@ -17,6 +17,7 @@ import logging
 import platform
 import warnings
 from importlib import metadata
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,19 @@ JIT_DEPRECATION_MESSAGE = r".*torch\.jit\.script.* is deprecated"
 
 
 def _detectron2_distribution() -> Optional[metadata.Distribution]:
-    """The installed distribution that provides the ``detectron2`` package, if any."""
+    """The installed distribution that provides the ``detectron2`` package that imports, if
+    any (None when a source tree ahead on ``sys.path`` shadows the installed one)."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or spec.origin is None:
+        return None
+    imported = Path(spec.origin).resolve()
     for name in metadata.packages_distributions().get("detectron2", []):
         try:
-            return metadata.distribution(name)
+            distribution = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
+        if Path(distribution.locate_file("detectron2/__init__.py")).resolve() == imported:
+            return distribution
     return None
 
 

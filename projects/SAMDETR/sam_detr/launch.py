@@ -1,8 +1,9 @@
 """Starting one training job on one or many processes. Started by ``torchrun`` (environment
 variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), each process joins an
 ``env://`` process group, NCCL on GPUs and gloo on CPU, and registers Detectron2's per-machine
-process group; CPU processes get a DDP model without ``device_ids``. Otherwise Detectron2's
-own ``launch`` spawns ``--num-gpus`` processes per machine (which requires CUDA and NCCL)."""
+process group. Otherwise Detectron2's own ``launch`` spawns ``--num-gpus`` processes per
+machine (which requires CUDA and NCCL). :func:`create_ddp_model` wraps a model for either,
+without ``device_ids`` on the CPU (gloo)."""
 
 import argparse
 import logging
@@ -10,13 +11,13 @@ import os
 from datetime import timedelta
 from typing import Any, Callable
 
-import detectron2.engine.defaults as d2_defaults
 import torch
 import torch.distributed as dist
 from detectron2.engine import launch
+from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 
-__all__ = ["is_torchrun", "launch_job"]
+__all__ = ["create_ddp_model", "is_torchrun", "launch_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +26,12 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # Same default as Detectron2's launch.
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
-_d2_create_ddp_model = d2_defaults.create_ddp_model
-
 
 def create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
     """Detectron2's ``create_ddp_model``; CPU models get no ``device_ids`` (gloo)."""
     if next(model.parameters()).device.type == "cpu":
         kwargs.setdefault("device_ids", None)
-    return _d2_create_ddp_model(model, **kwargs)
+    return d2_create_ddp_model(model, **kwargs)
 
 
 def is_torchrun() -> bool:
@@ -61,8 +60,6 @@ def _init_torchrun_process_group(timeout: timedelta) -> None:
         group = dist.new_group(ranks)
         if rank in ranks:
             comm._LOCAL_PROCESS_GROUP = group
-    if not use_cuda:
-        d2_defaults.create_ddp_model = create_ddp_model
     logger.info(
         "torchrun: rank %d of %d (local rank %d of %d), backend %s",
         rank,

@@ -10,6 +10,8 @@ from torchvision.ops import box_convert, generalized_box_iou
 
 # Keeps log() finite in the focal class cost (official value).
 _LOG_EPS = 1e-8
+# Matching cost that replaces a non-finite one (larger than any finite cost of a sane model).
+NON_FINITE_COST = 1e8
 
 Targets = List[Dict[str, torch.Tensor]]
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -73,11 +75,9 @@ class HungarianMatcher(nn.Module):
         )
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class
         cost = (cost + self.cost_giou * cost_giou).view(B, N, -1).cpu()
-        if not torch.isfinite(cost).all():
-            raise FloatingPointError(
-                "HungarianMatcher: non-finite matching cost (NaN/inf in predicted boxes or "
-                "logits); training has diverged, lower SOLVER.BASE_LR or check the inputs."
-            )
+        # Non-finite predictions (a diverged forward pass) are matched last; their losses are
+        # non-finite too, and the training step skips the update.
+        cost = torch.nan_to_num(cost, nan=NON_FINITE_COST, posinf=NON_FINITE_COST)
         indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
         return [
             (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64))

@@ -2,6 +2,7 @@
 input projection, sine position encoding, the SAM transformer, per-layer class heads;
 losses in training and top-k detections at inference, in Detectron2's conventions."""
 
+import logging
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -9,17 +10,52 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.logger import log_first_n
 from torch import nn
 from torchvision.ops import box_convert
 
 from .backbone import build_sam_detr_backbone, downsample_mask
+from .checkpoint import StateDiff, WeightsMismatchError
 from .config import validate_sam_detr_config
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
 from .transformer import SAMLayerSpec, SAMTransformer
 
-__all__ = ["SAMDETR"]
+__all__ = ["SAMDETR", "check_image"]
+
+# Largest value of a float input image that suggests [0, 1] scaling instead of [0, 255].
+UNIT_RANGE_MAX = 1.0
+
+
+def check_image(image: torch.Tensor, channels: int) -> None:
+    """Refuse an input ``"image"`` that is not ``(channels, H, W)``; warn (once) when a float
+    image looks scaled to [0, 1] (the model expects pixel values in [0, 255])."""
+    if image.dim() != 3 or image.shape[0] != channels:
+        raise ValueError(
+            f'SAMDETR expects each input\'s "image" as a ({channels}, H, W) tensor in '
+            f"INPUT.FORMAT channel order with values in [0, 255]; got shape {tuple(image.shape)}."
+        )
+    if image.is_floating_point() and image.numel() and float(image.max()) <= UNIT_RANGE_MAX:
+        log_first_n(
+            logging.WARNING,
+            "SAMDETR got a float image with values in [0, 1]; the model expects [0, 255] "
+            "(multiply by 255). Detections on such an image are meaningless.",
+            n=1,
+        )
+
+
+def _refuse_incomplete_load(module: "SAMDETR", incompatible) -> None:
+    """``load_state_dict`` post-hook: with ``strict_weights``, any missing or unexpected tensor
+    is an error, whoever loads (Detectron2's plain checkpointer loads with strict=False)."""
+    if module.strict_weights and (incompatible.missing_keys or incompatible.unexpected_keys):
+        diff = StateDiff(list(incompatible.missing_keys), list(incompatible.unexpected_keys))
+        raise WeightsMismatchError(
+            f"SAM-DETR weights do not fit the model: {diff.describe()} (Detectron2's "
+            "checkpointer drops tensors of another shape and reports them missing). Load "
+            "through sam_detr's SAMDETRCheckpointer or SAMDETRPredictor for a full report, or "
+            "set MODEL.SAM_DETR.STRICT_WEIGHTS False to keep the unmatched tensors random."
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -43,6 +79,7 @@ class SAMDETR(nn.Module):
         pixel_std: Sequence[float],
         detections_per_image: int,
         score_threshold: float,
+        strict_weights: bool = True,
     ) -> None:
         """
         Args:
@@ -58,6 +95,7 @@ class SAMDETR(nn.Module):
             pixel_mean, pixel_std: per-channel normalisation, in the input format's order.
             detections_per_image: top-k kept over queries x classes at inference.
             score_threshold: detections scoring at or below it are dropped at inference.
+            strict_weights: refuse to load a state_dict that misses or adds tensors.
         """
         super().__init__()
         self.backbone = backbone
@@ -86,6 +124,8 @@ class SAMDETR(nn.Module):
         self.score_threshold = score_threshold
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.strict_weights = strict_weights
+        self.register_load_state_dict_post_hook(_refuse_incomplete_load)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -134,6 +174,7 @@ class SAMDETR(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "score_threshold": c.SCORE_THRESH_TEST,
+            "strict_weights": c.STRICT_WEIGHTS,
         }
 
     @property
@@ -143,6 +184,8 @@ class SAMDETR(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, torch.Tensor]:
         """Normalised, zero-padded batch ``(B, C, H, W)`` and its mask ``(B, H, W)``
         (True on padding)."""
+        for x in batched_inputs:
+            check_image(x["image"], len(self.pixel_mean))
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]

@@ -42,11 +42,6 @@ def interpolation_matrix(
     start = start - PIXEL_OFFSET
     bin_size = (end - PIXEL_OFFSET - start) / bins
     samples = torch.ceil(bin_size)  # adaptive sampling ratio, per box
-    if not torch.isfinite(samples).all():
-        raise FloatingPointError(
-            "RoIAlign got non-finite reference boxes (the model's outputs diverged); lower "
-            "SOLVER.BASE_LR or check the input images."
-        )
     max_samples = max(int(samples.max().item()), 1) if samples.numel() else 1
     dtype, device = start.dtype, start.device
     bin_index = torch.arange(bins, dtype=dtype, device=device)[:, None]
@@ -92,12 +87,15 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
     """
     B, C, H, W = features.shape
     N = boxes.shape[1]
+    # A diverged forward pass gives non-finite boxes: they sample nothing (zero-size boxes)
+    # instead of sending torchvision's sampling loop to infinity; the loss is non-finite
+    # anyway and the training step skips the update.
+    boxes = boxes.detach().masked_fill(~torch.isfinite(boxes).all(-1, keepdim=True), 0.0)
     separable = (
         features.device.type == "cpu" and B * N * C * output_size * W <= SEPARABLE_MAX_ELEMENTS
     )
     if not separable:
         return torchvision_path(features, boxes, output_size)
-    boxes = boxes.detach()
     rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], H, output_size).to(features.dtype)
     cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], W, output_size).to(features.dtype)
     R = output_size

@@ -1,36 +1,22 @@
 """The DETR optimiser recipe for Detectron2: AdamW with the backbone's learning rate scaled by
-``SOLVER.BACKBONE_MULTIPLIER``, one weight decay for every parameter (as DETR), and gradient
-clipping of the whole model's L2 norm when ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` is
-``"full_model"`` (Detectron2's own "value"/"norm" per-parameter clipping otherwise)."""
+``SOLVER.BACKBONE_MULTIPLIER`` and one weight decay for every parameter (as DETR). Gradient
+clipping of the whole model's L2 norm (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"``) is
+done by the training step (:mod:`.train_step`), which computes that norm anyway to check that
+the gradients are finite; Detectron2's per-parameter "value"/"norm" clipping wraps the
+optimiser as usual."""
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Dict, List, Type
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-__all__ = ["build_optimizer", "add_full_model_gradient_clipping"]
+__all__ = ["FULL_MODEL_CLIP_TYPE", "build_optimizer"]
 
 logger = logging.getLogger(__name__)
 
 FULL_MODEL_CLIP_TYPE = "full_model"
-
-
-def add_full_model_gradient_clipping(
-    optimizer_type: Type[torch.optim.Optimizer], max_norm: float, norm_type: float
-) -> Type[torch.optim.Optimizer]:
-    """Subclass ``optimizer_type`` so that ``step()`` first clips the gradients of all its
-    parameters together to a total ``norm_type`` norm of at most ``max_norm``."""
-
-    class FullModelGradientClippingOptimizer(optimizer_type):  # type: ignore[valid-type, misc]
-        def step(self, closure: Optional[Callable[[], float]] = None) -> Any:
-            params = [p for group in self.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type)
-            return super().step(closure=closure)
-
-    FullModelGradientClippingOptimizer.__name__ = f"{optimizer_type.__name__}FullModelClip"
-    return FullModelGradientClippingOptimizer
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -70,12 +56,7 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {name!r}")
 
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL_CLIP_TYPE:
-        optimizer_type = add_full_model_gradient_clipping(
-            optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE
-        )
-    else:
+    if cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE != FULL_MODEL_CLIP_TYPE:
         optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
     optimizer = optimizer_type(param_groups, lr=base_lr, **kwargs)
     logger.info(

@@ -1,0 +1,136 @@
+"""Numeric precision of training and inference, chosen once from the config.
+
+``float32`` runs as written. Mixed precision runs the model under ``torch.autocast``: float16
+with gradient scaling on CUDA (steps whose scaled gradients overflow are skipped by the
+scaler, by design, and lower the scale), or bfloat16 (CUDA, or CPUs with native bfloat16
+such as AVX512-BF16 / AMX), which needs no scaling. Matching and losses run in float32 in
+every mode (the model turns autocast off around them).
+"""
+
+import contextlib
+import logging
+from typing import Any, ContextManager, Dict, Optional
+
+import torch
+
+__all__ = ["Precision", "MixedPrecision", "ScaledMixedPrecision", "build_precision"]
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Precision:
+    """float32: no autocast, plain backward and optimiser step."""
+
+    dtype: Optional[torch.dtype] = None
+    # Whether steps with non-finite gradients are expected and handled (gradient scaling).
+    skips_overflow = False
+
+    def autocast(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backpropagate ``loss``; afterwards the parameters' ``.grad`` are unscaled."""
+        loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def skip(self) -> None:
+        """Called instead of :meth:`step` for a step that does not update the weights."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return "float32"
+
+
+class MixedPrecision(Precision):
+    """Autocast to ``dtype`` on ``device_type``; no gradient scaling (bfloat16)."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype) -> None:
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def autocast(self) -> ContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def __str__(self) -> str:
+        return f"mixed {str(self.dtype).replace('torch.', '')} on {self.device_type}"
+
+
+class ScaledMixedPrecision(MixedPrecision):
+    """float16 autocast with a ``GradScaler``."""
+
+    skips_overflow = True
+
+    def __init__(self, device_type: str) -> None:
+        super().__init__(device_type, torch.float16)
+        self.scaler = torch.amp.GradScaler(device_type)
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.step(optimizer)  # skipped by the scaler if the gradients overflowed
+        self.scaler.update()
+
+    def skip(self) -> None:
+        self.scaler.update()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"grad_scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+    def __str__(self) -> str:
+        return super().__str__() + " with gradient scaling"
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX)."""
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def build_precision(enabled: bool, dtype: str, device: torch.device, scale: bool) -> Precision:
+    """The precision for ``device``.
+
+    Args:
+        enabled: mixed precision on (``SOLVER.AMP.ENABLED`` / ``TEST.AMP.ENABLED``).
+        dtype: ``SOLVER.AMP.DTYPE``: "auto" (float16 on CUDA, bfloat16 on CPUs),
+            "float16" or "bfloat16".
+        device: where the model runs.
+        scale: use gradient scaling with float16 (training).
+    """
+    if not enabled:
+        return Precision()
+    device = torch.device(device)
+    if dtype != AUTO and dtype not in DTYPES:
+        raise ValueError(
+            f"SOLVER.AMP.DTYPE must be {AUTO!r}, 'float16' or 'bfloat16', got {dtype!r}."
+        )
+    if dtype == AUTO:
+        dtype = "float16" if device.type == "cuda" else "bfloat16"
+    if device.type == "cpu" and dtype == "float16":
+        raise ValueError(
+            "SOLVER.AMP.DTYPE float16 is not supported on the CPU; use bfloat16 (or auto)."
+        )
+    if device.type == "cpu" and not cpu_has_native_bfloat16():
+        logger.warning(
+            "This CPU has no native bfloat16 (AVX512-BF16 / AMX): mixed precision will be "
+            "emulated and slower than float32."
+        )
+    if dtype == "float16" and scale:
+        return ScaledMixedPrecision(device.type)
+    return MixedPrecision(device.type, DTYPES[dtype])

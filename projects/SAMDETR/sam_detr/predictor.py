@@ -1,0 +1,75 @@
+"""``SAMDETRPredictor``: Detectron2's ``DefaultPredictor`` that checks its input first and loads
+weights strictly with :class:`.checkpoint.SAMDETRCheckpointer`.
+
+``DefaultPredictor`` takes one ``H x W x 3`` uint8 array in BGR order (what ``cv2.imread``
+returns), whatever ``INPUT.FORMAT`` is. Other arrays fail deep inside Detectron2 (a 2-D
+grayscale image, BGRA) or, worse, run and return garbage (a float image in [0, 1]). RGB given
+as BGR cannot be detected from the array: convert with ``image[:, :, ::-1]``.
+"""
+
+from typing import Any, Dict
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+
+from .checkpoint import SAMDETRCheckpointer
+
+__all__ = ["SAMDETRPredictor", "check_bgr_image"]
+
+EXPECTED_INPUT = "an H x W x 3 uint8 array in BGR order (as cv2.imread returns)"
+# Channel counts with a known conversion to BGR (OpenCV constants named in the message).
+CONVERSIONS = {1: "cv2.COLOR_GRAY2BGR", 4: "cv2.COLOR_BGRA2BGR"}
+
+
+def check_bgr_image(image: Any) -> None:
+    """Raise ``ValueError`` (``TypeError`` for non-arrays) unless ``image`` is an
+    ``H x W x 3`` uint8 array, saying what was given and how to convert it."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"The predictor takes {EXPECTED_INPUT}, got a {type(image).__name__}.")
+    channels = image.shape[2] if image.ndim == 3 else 1 if image.ndim == 2 else None
+    if image.ndim not in (2, 3) or channels != 3:
+        hint = (
+            f" Convert it first: cv2.cvtColor(image, {CONVERSIONS[channels]})."
+            if channels in CONVERSIONS
+            else ""
+        )
+        raise ValueError(
+            f"The predictor takes {EXPECTED_INPUT}, got an array of shape {image.shape}.{hint}"
+        )
+    if image.dtype != np.uint8:
+        hint = (
+            " For a float image in [0, 1]: (image * 255).round().astype(np.uint8)."
+            if image.dtype.kind == "f"
+            else ""
+        )
+        raise ValueError(f"The predictor takes {EXPECTED_INPUT}, got dtype {image.dtype}.{hint}")
+    if 0 in image.shape:
+        raise ValueError(f"The predictor got an empty image of shape {image.shape}.")
+
+
+class SAMDETRPredictor(DefaultPredictor):
+    """``DefaultPredictor`` with input checks and strict weight loading (see the module)."""
+
+    def __init__(self, cfg: CfgNode) -> None:  # pylint: disable=super-init-not-called
+        # DefaultPredictor.__init__ would load the weights with the lenient checkpointer.
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        SAMDETRCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}.")
+
+    def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
+        """Detections ``{"instances": Instances}`` of one ``H x W x 3`` uint8 BGR image."""
+        check_bgr_image(original_image)
+        return super().__call__(original_image)
