@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 from sam_detr import add_sam_detr_config
 from sam_detr.checkpoint import SAMDETRCheckpointer
 from sam_detr.dataset_checks import load_coco_dataset
+from sam_detr.inference import prepare_for_inference
 from sam_detr.launch import launch_job
 from sam_detr.trainer import Trainer, check_output_dir
 
@@ -81,7 +82,7 @@ def main(args) -> Dict[str, Any]:
         SAMDETRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
+        return Trainer.test(cfg, prepare_for_inference(model))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train() or OrderedDict()

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
+from sam_detr.inference import fold_frozen_batchnorm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
@@ -164,3 +166,39 @@ def test_invalid_values_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ValueError) as err:
         small_model("sam_detr_R50.yaml", key, value)
     assert message in str(err.value)
+
+
+def test_folding_frozen_batchnorm_keeps_outputs_and_state_dict():
+    model = small_model("sam_detr_R50.yaml")
+    model.eval()
+    with torch.no_grad():  # FrozenBN with statistics that are not the identity
+        for m in model.backbone.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    batch = [{"image": torch.rand(3, 64, 96) * 255}]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model.inference(batch, do_postprocess=False)
+        assert fold_frozen_batchnorm(model) == 20  # R18: stem, 16 block convs, 3 shortcuts
+        after = model.inference(batch, do_postprocess=False)
+    torch.testing.assert_close(after["pred_logits"], before["pred_logits"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(after["pred_boxes"], before["pred_boxes"], rtol=0, atol=1e-5)
+    folded = model.state_dict()
+    assert folded.keys() == state.keys()
+    assert all(torch.equal(folded[k], v) for k, v in state.items())
+
+
+def test_bfloat16_inference_follows_float32():
+    fp32 = small_model("sam_detr_R50.yaml").eval()
+    bf16 = small_model("sam_detr_R50.yaml", "TEST.AMP.ENABLED", True).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    batch = [{"image": torch.rand(3, 64, 96) * 255}]
+    with torch.no_grad():
+        expected = fp32.inference(batch, do_postprocess=False)
+        ours = bf16.inference(batch, do_postprocess=False)
+    assert ours["pred_logits"].dtype == torch.float32  # detections are computed in float32
+    assert (ours["pred_boxes"] - expected["pred_boxes"]).abs().max() < 0.02
+    assert (ours["pred_logits"] - expected["pred_logits"]).abs().max() < 0.1

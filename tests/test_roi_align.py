@@ -1,6 +1,7 @@
 """The separable RoIAlign against torchvision's kernel: same outputs and feature gradients for
-boxes inside, across and outside the map, degenerate boxes and several sampling ratios; and
-the switch to torchvision's kernel for maps too large for the separable path."""
+boxes inside, across and outside the map, degenerate boxes and several sampling ratios, at
+small and COCO sizes (R50, R50-DC5, stride 8; 300 boxes; batch 1-4), whether the boxes are
+computed in one chunk or many; bfloat16 close to float32; non-finite boxes sample nothing."""
 
 import importlib.util
 from pathlib import Path
@@ -14,11 +15,13 @@ from torchvision.ops import roi_align as torchvision_roi_align
 OUTPUT_SIZE = 7
 
 
-def random_boxes(generator: torch.Generator, batch: int, num: int, height: int, width: int):
+def random_boxes(
+    generator: torch.Generator, batch: int, num: int, height: int, width: int, max_side=1.1
+):
     """``(B, N, 4)`` xyxy boxes in map pixels: centres up to 10% outside the map, sides up to
-    110% of it, plus a zero-width, a zero-area and a fully outside box in image 0."""
+    ``max_side`` of it, plus a zero-width, a zero-area and a fully outside box in image 0."""
     centres = torch.rand(batch, num, 2, generator=generator, dtype=torch.float64) * 1.2 - 0.1
-    sides = torch.rand(batch, num, 2, generator=generator, dtype=torch.float64) * 1.1
+    sides = torch.rand(batch, num, 2, generator=generator, dtype=torch.float64) * max_side
     scale = torch.tensor([width, height, width, height], dtype=torch.float64)
     boxes = torch.cat([centres - sides / 2, centres + sides / 2], dim=-1) * scale
     boxes[0, 0] = torch.tensor([3.0, 4.0, 3.0, 9.0])
@@ -33,21 +36,60 @@ def reference(features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("height,width", [(20, 24), (5, 3), (13, 40)])
-def test_separable_roi_align_equals_torchvision(height, width):
-    generator = torch.Generator().manual_seed(height * 100 + width)
-    features = torch.randn(3, 6, height, width, generator=generator, dtype=torch.float64)
+def _check_against_torchvision(batch, num, channels, height, width, max_side, seed):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
     features.requires_grad_(True)
-    boxes = random_boxes(generator, 3, 40, height, width)
+    boxes = random_boxes(generator, batch, num, height, width, max_side)
     ours, theirs = roi_align(features, boxes, OUTPUT_SIZE), reference(features, boxes)
-    assert ours.shape == theirs.shape == (3 * 40, 6, OUTPUT_SIZE, OUTPUT_SIZE)
+    assert ours.shape == theirs.shape == (batch * num, channels, OUTPUT_SIZE, OUTPUT_SIZE)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
     # The boxes span one to several samples per bin: the adaptive ratio is exercised.
-    assert (boxes[..., 2] - boxes[..., 0]).max() > 2 * OUTPUT_SIZE or width < OUTPUT_SIZE
+    longest = (boxes[..., 2:] - boxes[..., :2]).max()
+    assert longest > 2 * OUTPUT_SIZE or min(height, width) < 2 * OUTPUT_SIZE
     weights = torch.randn(theirs.shape, generator=generator, dtype=torch.float64)
     (grad_ours,) = torch.autograd.grad((ours * weights).sum(), features)
     (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), features)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("height,width", [(20, 24), (5, 3), (13, 40), (40, 13)])
+def test_separable_roi_align_equals_torchvision(height, width):
+    _check_against_torchvision(3, 40, 6, height, width, max_side=1.1, seed=height * 100 + width)
+
+
+# COCO sizes, 300 queries: R50 and R50-DC5 at 800x1216 (and portrait), a stride-8 map.
+COCO_MAPS = [(1, 25, 38), (2, 38, 25), (4, 25, 38), (2, 50, 76), (1, 100, 152)]
+
+
+@pytest.mark.parametrize("batch,height,width", COCO_MAPS)
+def test_coco_sized_maps_equal_torchvision(batch, height, width):
+    _check_against_torchvision(batch, 300, 2, height, width, max_side=0.4, seed=height + batch)
+
+
+def test_chunks_bound_the_intermediate_and_change_nothing(monkeypatch):
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 16, 25, 38, generator=generator, dtype=torch.float64)
+    boxes = random_boxes(generator, 2, 300, 25, 38, 0.5)
+    whole = roi_align(features, boxes, OUTPUT_SIZE)
+    per_box = OUTPUT_SIZE * 16 * 25  # the intermediate keeps the map's shorter axis
+    monkeypatch.setattr(roi_align_module, "CHUNK_ELEMENTS", 7 * per_box)
+    assert len(roi_align_module._chunks(300, per_box)) == 43  # 7 boxes per chunk
+    torch.testing.assert_close(roi_align(features, boxes, OUTPUT_SIZE), whole, rtol=0, atol=1e-12)
+
+
+def test_bfloat16_follows_float32():
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(2, 32, 25, 38, generator=generator)
+    boxes = random_boxes(generator, 2, 300, 25, 38, 0.6).float()
+    expected = reference(features, boxes)
+    low = features.bfloat16().requires_grad_(True)
+    ours = roi_align(low, boxes, OUTPUT_SIZE)
+    assert ours.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: errors of a few parts in a thousand of the range.
+    assert (ours.float() - expected).abs().max() < 0.05
+    ours.float().sum().backward()
+    assert low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad.float()).all()
 
 
 def test_float32_matches_and_boxes_get_no_gradient():
@@ -59,28 +101,7 @@ def test_float32_matches_and_boxes_get_no_gradient():
     assert not ours.requires_grad  # like torchvision's op: no gradient to the boxes
 
 
-def test_large_problems_use_torchvision(monkeypatch):
-    generator = torch.Generator().manual_seed(1)
-    features = torch.randn(1, 4, 9, 11, generator=generator)
-    boxes = random_boxes(generator, 1, 10, 9, 11).float()
-    calls = []
-
-    def counting_reference(*args, **kwargs):
-        calls.append(args)
-        return torchvision_roi_align(*args, **kwargs)
-
-    monkeypatch.setattr(roi_align_module, "torchvision_roi_align", counting_reference)
-    roi_align(features, boxes, OUTPUT_SIZE)
-    assert not calls
-    monkeypatch.setattr(roi_align_module, "SEPARABLE_MAX_ELEMENTS", 10)
-    out = roi_align(features, boxes, OUTPUT_SIZE)
-    assert len(calls) == 1
-    torch.testing.assert_close(out, reference(features, boxes))
-
-
-@pytest.mark.parametrize("max_elements", [roi_align_module.SEPARABLE_MAX_ELEMENTS, 0])
-def test_non_finite_boxes_sample_nothing(monkeypatch, max_elements):
-    monkeypatch.setattr(roi_align_module, "SEPARABLE_MAX_ELEMENTS", max_elements)
+def test_non_finite_boxes_sample_nothing():
     features = torch.randn(1, 2, 6, 6)
     boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0], [0.0, float("inf"), 2.0, 3.0]]])
     out = roi_align(features, boxes, OUTPUT_SIZE)

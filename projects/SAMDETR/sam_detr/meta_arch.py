@@ -4,7 +4,7 @@ losses in training and top-k detections at inference, in Detectron2's convention
 
 import logging
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -20,6 +20,7 @@ from .config import validate_sam_detr_config
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
+from .precision import Precision, build_precision
 from .transformer import SAMLayerSpec, SAMTransformer
 
 __all__ = ["SAMDETR", "check_image"]
@@ -80,6 +81,8 @@ class SAMDETR(nn.Module):
         detections_per_image: int,
         score_threshold: float,
         strict_weights: bool = True,
+        channels_last: bool = False,
+        inference_precision: Optional[Precision] = None,
     ) -> None:
         """
         Args:
@@ -96,9 +99,13 @@ class SAMDETR(nn.Module):
             detections_per_image: top-k kept over queries x classes at inference.
             score_threshold: detections scoring at or below it are dropped at inference.
             strict_weights: refuse to load a state_dict that misses or adds tensors.
+            channels_last: run the backbone in channels-last memory format.
+            inference_precision: float32 (None) or mixed precision of :meth:`inference`.
         """
         super().__init__()
-        self.backbone = backbone
+        self.backbone_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone = backbone.to(memory_format=self.backbone_format)
+        self.inference_precision = inference_precision or Precision()
         shapes = backbone.output_shape()
         self.in_feature = max(shapes, key=lambda name: shapes[name].stride)  # the coarsest
         in_channels = shapes[self.in_feature].channels
@@ -175,6 +182,10 @@ class SAMDETR(nn.Module):
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "score_threshold": c.SCORE_THRESH_TEST,
             "strict_weights": c.STRICT_WEIGHTS,
+            "channels_last": c.CHANNELS_LAST,
+            "inference_precision": build_precision(
+                cfg.TEST.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False
+            ),
         }
 
     @property
@@ -201,7 +212,8 @@ class SAMDETR(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``(L, B, N, K)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in [0, 1]
         of each unpadded image) of all L decoder layers."""
-        features = self.backbone(images.tensor)[self.in_feature]
+        pixels = images.tensor.contiguous(memory_format=self.backbone_format)
+        features = self.backbone(pixels)[self.in_feature]
         mask = downsample_mask(mask, features.shape[-2:])
         pos = self.position_embedding(mask).to(features.dtype)
         hidden, boxes = self.transformer(
@@ -250,7 +262,9 @@ class SAMDETR(nn.Module):
         ``pred_logits (B, N, K)``, ``pred_boxes (B, N, 4)``, ``aux_outputs`` (earlier
         layers, same keys)."""
         images, mask = self.preprocess_image(batched_inputs)
-        logits, boxes = self.forward_outputs(images, mask)
+        with self.inference_precision.autocast():
+            logits, boxes = self.forward_outputs(images, mask)
+        logits, boxes = logits.float(), boxes.float()
         if not do_postprocess:
             return {
                 "pred_logits": logits[-1],

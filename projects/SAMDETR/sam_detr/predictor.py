@@ -1,5 +1,7 @@
-"""``SAMDETRPredictor``: Detectron2's ``DefaultPredictor`` that checks its input first and loads
-weights strictly with :class:`.checkpoint.SAMDETRCheckpointer`.
+"""``SAMDETRPredictor``: Detectron2's ``DefaultPredictor`` that checks its input first, loads
+weights strictly with :class:`.checkpoint.SAMDETRCheckpointer` and prepares the model for
+inference (:func:`.inference.prepare_for_inference`; ``TEST.AMP.ENABLED`` for bfloat16 /
+float16).
 
 ``DefaultPredictor`` takes one ``H x W x 3`` uint8 array in BGR order (what ``cv2.imread``
 returns), whatever ``INPUT.FORMAT`` is. Other arrays fail deep inside Detectron2 (a 2-D
@@ -17,6 +19,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from .checkpoint import SAMDETRCheckpointer
+from .inference import prepare_for_inference
 
 __all__ = ["SAMDETRPredictor", "check_bgr_image"]
 
@@ -52,16 +55,17 @@ def check_bgr_image(image: Any) -> None:
 
 
 class SAMDETRPredictor(DefaultPredictor):
-    """``DefaultPredictor`` with input checks and strict weight loading (see the module)."""
+    """``DefaultPredictor`` with input checks, strict weight loading and frozen BatchNorm
+    folded into the convolutions (see the module)."""
 
     def __init__(self, cfg: CfgNode) -> None:  # pylint: disable=super-init-not-called
         # DefaultPredictor.__init__ would load the weights with the lenient checkpointer.
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
-        self.model.eval()
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         SAMDETRCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        prepare_for_inference(self.model)
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )

@@ -1,26 +1,29 @@
-"""RoIAlign of the Semantics Aligner: torchvision's ``roi_align`` (``aligned=True``, adaptive
-sampling: ``ceil(box side / output size)`` samples per bin and axis), with a faster path for
-small feature maps on the CPU.
+"""RoIAlign of the Semantics Aligner: torchvision's ``roi_align`` semantics (``aligned=True``,
+adaptive sampling: ``ceil(box side / output size)`` samples per bin and axis), computed on the
+CPU as matrix products, at every map size.
 
-torchvision's CPU backward scatters every sample into the map on one thread; it took 42% of a
-demo training step. RoIAlign is separable: every sample is a bilinear interpolation whose
-weights, clamping and validity test factor into a row part and a column part, and the sample
-grid of a bin is a product of row and column samples. So one box's output is
-``A_rows @ features @ A_cols.T`` with two small interpolation matrices (output size x map side),
-and autograd differentiates it with matrix products too. Both paths give the same numbers
-(``tests/test_roi_align.py``); the separable one runs where its intermediate tensor is small.
+torchvision's CPU backward scatters every sample into the map on one thread: at COCO sizes
+(R50, 300 queries, batch 2) it took a third of a training step. RoIAlign is separable: every
+sample is a bilinear interpolation whose weights, clamping and validity test factor into a
+row part and a column part, and the sample grid of a bin is a product of row and column
+samples. So one box's output is ``A_rows @ features @ A_cols.T`` with two small interpolation
+matrices (output size x map side). The forward and backward passes are a few large matrix
+products (multi-threaded, and fast in bfloat16), run over chunks of boxes so that memory stays
+bounded (``CHUNK_ELEMENTS``) and nothing but the interpolation matrices is kept for the
+backward pass. Both paths give the same numbers (``tests/test_roi_align.py``); on GPUs
+torchvision's kernel (whose backward uses atomic adds) is used.
 """
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torchvision.ops import roi_align as torchvision_roi_align
 
-__all__ = ["SEPARABLE_MAX_ELEMENTS", "interpolation_matrix", "roi_align", "torchvision_path"]
+__all__ = ["CHUNK_ELEMENTS", "interpolation_matrix", "roi_align", "torchvision_path"]
 
-# Largest (B, N, C, output size, W) intermediate of the separable path (float32: 128 MiB); a
-# bigger problem (COCO-sized maps with 300 queries) goes to torchvision's kernel.
-SEPARABLE_MAX_ELEMENTS = 1 << 25
+# Largest intermediate (boxes x output size x channels x map side) of one chunk of boxes:
+# 8M elements, 32 MiB in float32.
+CHUNK_ELEMENTS = 1 << 23
 # aligned=True: a box coordinate x covers the map from pixel centre x - 0.5.
 PIXEL_OFFSET = 0.5
 # A sample further than one pixel outside the map contributes zero (torchvision's rule).
@@ -74,6 +77,67 @@ def torchvision_path(features: torch.Tensor, boxes: torch.Tensor, output_size: i
     )
 
 
+def _chunks(num_boxes: int, per_box: int) -> List[Tuple[int, int]]:
+    """``[start, end)`` ranges of boxes whose intermediate stays within ``CHUNK_ELEMENTS``."""
+    step = max(1, CHUNK_ELEMENTS // max(per_box, 1))
+    return [(i, min(i + step, num_boxes)) for i in range(0, num_boxes, step)]
+
+
+def _first_second_layout(out: torch.Tensor, swapped: bool) -> torch.Tensor:
+    """View of RoIAlign's ``(B, N, C, R_y, R_x)`` as ``(B, N, R_first, C, R_second)``."""
+    return out.permute(0, 1, 4, 2, 3) if swapped else out.permute(0, 1, 3, 2, 4)
+
+
+class SeparableRoIAlign(torch.autograd.Function):
+    """RoIAlign as ``out[b, n, c] = rows[b, n] @ F[b, c] @ cols[b, n].T``, with the map's
+    longer axis contracted first (the intermediate then keeps the shorter one)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        """``features (B, C, H, W)``, ``rows (B, N, R, H)``, ``cols (B, N, R, W)`` ->
+        ``(B * N, C, R, R)``."""
+        B, C, H, W = features.shape
+        N, R = rows.shape[1:3]
+        swapped = W > H
+        first, second = (cols, rows) if swapped else (rows, cols)
+        by_first = (features.transpose(2, 3) if swapped else features).transpose(1, 2)
+        P, Q = first.shape[-1], second.shape[-1]
+        by_first = by_first.reshape(B, P, C * Q)  # one matrix product per chunk
+        out = features.new_empty(B, N, C, R, R)
+        target = _first_second_layout(out, swapped)
+        for b in range(B):
+            for start, end in _chunks(N, R * C * Q):
+                k = end - start
+                partial = first[b, start:end].reshape(k * R, P) @ by_first[b]  # (kR, CQ)
+                target[b, start:end] = (
+                    partial.view(k, R * C, Q) @ second[b, start:end].transpose(1, 2)
+                ).view(k, R, C, R)
+        ctx.save_for_backward(first, second)
+        ctx.swapped = swapped
+        ctx.channels = C
+        return out.view(B * N, C, R, R)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad: torch.Tensor):
+        first, second = ctx.saved_tensors
+        B, N, R, P = first.shape
+        Q, C = second.shape[-1], ctx.channels
+        grad = grad.to(first.dtype).view(B, N, C, R, R)
+        grad = _first_second_layout(grad, ctx.swapped).contiguous()
+        grad_by_first = grad.new_zeros(B, P, C * Q)
+        for b in range(B):
+            for start, end in _chunks(N, R * C * Q):
+                k = end - start
+                partial = grad[b, start:end].view(k, R * C, R) @ second[b, start:end]
+                grad_by_first[b].addmm_(
+                    first[b, start:end].reshape(k * R, P).t(), partial.view(k * R, C * Q)
+                )
+        grad_features = grad_by_first.view(B, P, C, Q).transpose(1, 2)
+        return (grad_features.transpose(2, 3) if ctx.swapped else grad_features), None, None
+
+
 def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> torch.Tensor:
     """RoIAlign with torchvision's semantics (``spatial_scale=1``, ``aligned=True``, adaptive
     sampling); no gradient flows to the boxes.
@@ -85,23 +149,13 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
     Returns:
         ``(B * N, C, R, R)``, boxes of image 0 first.
     """
-    B, C, H, W = features.shape
-    N = boxes.shape[1]
+    H, W = features.shape[-2:]
     # A diverged forward pass gives non-finite boxes: they sample nothing (zero-size boxes)
     # instead of sending torchvision's sampling loop to infinity; the loss is non-finite
     # anyway and the training step skips the update.
     boxes = boxes.detach().masked_fill(~torch.isfinite(boxes).all(-1, keepdim=True), 0.0)
-    separable = (
-        features.device.type == "cpu" and B * N * C * output_size * W <= SEPARABLE_MAX_ELEMENTS
-    )
-    if not separable:
+    if features.device.type != "cpu":
         return torchvision_path(features, boxes, output_size)
-    rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], H, output_size).to(features.dtype)
-    cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], W, output_size).to(features.dtype)
-    R = output_size
-    # Rows first, one matrix product per image: (B, N*R, H) @ (B, H, C*W).
-    by_rows = features.permute(0, 2, 1, 3).reshape(B, H, C * W)
-    sampled_rows = torch.matmul(rows.reshape(B, N * R, H), by_rows).view(B * N, R * C, W)
-    # Then columns, one product per box: (B*N, R*C, W) @ (B*N, W, R).
-    region = torch.matmul(sampled_rows, cols.reshape(B * N, R, W).transpose(1, 2))
-    return region.view(B * N, R, C, R).transpose(1, 2).contiguous()
+    rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], H, output_size)
+    cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], W, output_size)
+    return SeparableRoIAlign.apply(features, rows.to(features.dtype), cols.to(features.dtype))

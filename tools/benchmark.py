@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Time SAM-DETR's training step or inference on random images, in Detectron2's manner.
+
+    python tools/benchmark.py --config-file configs/sam_detr_R50.yaml --task train \\
+        --batch-size 2 --image-size 800x1216 --iters 5 [--profile] [KEY VALUE ...]
+
+``--task train`` times forward + loss + backward (what the model costs; the optimiser step
+is the same for every implementation), ``--task inference`` the model's inference (top-k
+detections) without gradients. The model is randomly initialised (``MODEL.WEIGHTS ""``) and
+prepared as for training or evaluation (``--task inference`` folds frozen BatchNorm into the
+convolutions, as evaluation does). Precision follows the config: ``SOLVER.AMP.ENABLED True``
+(train) or ``TEST.AMP.ENABLED True`` (inference). Prints the time per iteration (min /
+median / max over ``--iters`` timed iterations after ``--warmup``), images per second, peak
+memory (the process's peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and,
+with ``--profile``, the operators that took the most time in one more iteration.
+"""
+
+import argparse
+import resource
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from sam_detr.config import get_sam_detr_cfg
+from sam_detr.inference import prepare_for_inference
+from sam_detr.precision import build_precision
+
+# Objects per random training image, and their side as a fraction of the image (min, max).
+OBJECTS_PER_IMAGE = 8
+OBJECT_SIDE = (0.05, 0.5)
+PIXEL_MAX = 255.0
+KIB_PER_MIB = 1024.0
+BYTES_PER_MIB = 1024.0**2
+PROFILE_ROWS = 15
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--task", choices=("train", "inference"), default="train")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--image-size", default="800x1216", help="HEIGHTxWIDTH of every image")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--device", default=None, help="default: MODEL.DEVICE, or cpu without CUDA")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print the top operators")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    return parser.parse_args(argv)
+
+
+def random_batch(
+    batch_size: int, height: int, width: int, num_classes: int, generator: torch.Generator
+) -> List[Dict]:
+    """Images with pixel values in [0, 255] and random ground-truth boxes."""
+    batch = []
+    for _ in range(batch_size):
+        image = torch.rand(3, height, width, generator=generator) * PIXEL_MAX
+        low, high = OBJECT_SIDE
+        sides = low + (high - low) * torch.rand(OBJECTS_PER_IMAGE, 2, generator=generator)
+        corners = torch.rand(OBJECTS_PER_IMAGE, 2, generator=generator) * (1 - sides)
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        instances = Instances((height, width))
+        instances.gt_boxes = Boxes(torch.cat([corners, corners + sides], dim=1) * scale)
+        instances.gt_classes = torch.randint(num_classes, (OBJECTS_PER_IMAGE,), generator=generator)
+        batch.append({"image": image, "instances": instances})
+    return batch
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_iteration(args: argparse.Namespace):
+    """The model and a function running one iteration of ``args.task``."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device] + list(args.opts)
+    cfg = get_sam_detr_cfg(args.config_file, overrides)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    height, width = (int(v) for v in args.image_size.lower().split("x"))
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = random_batch(args.batch_size, height, width, cfg.MODEL.SAM_DETR.NUM_CLASSES, generator)
+    if args.task == "inference":
+        model.eval()
+        prepare_for_inference(model)
+        inputs = [{"image": x["image"]} for x in batch]
+
+        def run() -> None:
+            with torch.no_grad():
+                model(inputs)
+
+        return cfg, model, run
+    model.train()
+    precision = build_precision(
+        cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False
+    )
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        with EventStorage(), precision.autocast():
+            losses = model(batch)
+        sum(losses.values()).backward()
+
+    return cfg, model, run
+
+
+def time_iterations(run: Callable[[], None], device: torch.device, args) -> List[float]:
+    for _ in range(args.warmup):
+        run()
+    times = []
+    for _ in range(args.iters):
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    args = parse_args(argv)
+    cfg, model, run = build_iteration(args)
+    device = model.device
+    times = time_iterations(run, device, args)
+    median = statistics.median(times)
+    amp = cfg.SOLVER.AMP.ENABLED if args.task == "train" else cfg.TEST.AMP.ENABLED
+    precision = build_precision(amp, cfg.SOLVER.AMP.DTYPE, device, scale=args.task == "train")
+    result = {
+        "min_s": min(times),
+        "median_s": median,
+        "max_s": max(times),
+        "images_per_s": args.batch_size / median,
+        "peak_memory_mib": peak_memory_mib(device),
+    }
+    print(
+        f"{args.config_file} {args.task}, batch {args.batch_size} x {args.image_size}, "
+        f"{precision}, {device}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"  per iteration: min {result['min_s']:.3f} s, median {median:.3f} s, max "
+        f"{result['max_s']:.3f} s over {args.iters} iterations ({args.warmup} warm-up)"
+    )
+    print(
+        f"  {result['images_per_s']:.2f} images/s, peak memory "
+        f"{result['peak_memory_mib']:.0f} MiB ({'allocated' if device.type == 'cuda' else 'RSS'})"
+    )
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            run()
+            synchronize(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=sort, row_limit=PROFILE_ROWS))
+    return result
+
+
+if __name__ == "__main__":
+    main()
