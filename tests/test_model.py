@@ -202,3 +202,15 @@ def test_bfloat16_inference_follows_float32():
     assert ours["pred_logits"].dtype == torch.float32  # detections are computed in float32
     assert (ours["pred_boxes"] - expected["pred_boxes"]).abs().max() < 0.02
     assert (ours["pred_logits"] - expected["pred_logits"]).abs().max() < 0.1
+
+
+def test_torchvision_roi_align_gives_the_same_model():
+    ours = small_model("sam_detr_R50_SMCA.yaml").eval()
+    theirs = small_model("sam_detr_R50_SMCA.yaml", "MODEL.SAM_DETR.ROI_ALIGN", "torchvision")
+    theirs.load_state_dict(ours.state_dict())
+    batch = [{"image": torch.rand(3, 64, 96) * 255}, {"image": torch.rand(3, 80, 64) * 255}]
+    with torch.no_grad():
+        a = ours.inference(batch, do_postprocess=False)
+        b = theirs.eval().inference(batch, do_postprocess=False)
+    torch.testing.assert_close(a["pred_logits"], b["pred_logits"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(a["pred_boxes"], b["pred_boxes"], rtol=0, atol=1e-5)

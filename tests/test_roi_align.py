@@ -3,9 +3,6 @@ boxes inside, across and outside the map, degenerate boxes and several sampling 
 small and COCO sizes (R50, R50-DC5, stride 8; 300 boxes; batch 1-4), whether the boxes are
 computed in one chunk or many; bfloat16 close to float32; non-finite boxes sample nothing."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from sam_detr import roi_align as roi_align_module
@@ -70,12 +67,25 @@ def test_coco_sized_maps_equal_torchvision(batch, height, width):
 def test_chunks_bound_the_intermediate_and_change_nothing(monkeypatch):
     generator = torch.Generator().manual_seed(5)
     features = torch.randn(2, 16, 25, 38, generator=generator, dtype=torch.float64)
+    features.requires_grad_(True)
     boxes = random_boxes(generator, 2, 300, 25, 38, 0.5)
-    whole = roi_align(features, boxes, OUTPUT_SIZE)
+    weights = torch.randn(
+        600, 16, OUTPUT_SIZE, OUTPUT_SIZE, generator=generator, dtype=torch.float64
+    )
+
+    def outputs_and_gradient():
+        out = roi_align(features, boxes, OUTPUT_SIZE)
+        return out, torch.autograd.grad((out * weights).sum(), features)[0]
+
+    assert roi_align_module._chunks(2, 300, 1) == [(0, 2, 0, 300)]  # both images at once
+    whole = outputs_and_gradient()
     per_box = OUTPUT_SIZE * 16 * 25  # the intermediate keeps the map's shorter axis
-    monkeypatch.setattr(roi_align_module, "CHUNK_ELEMENTS", 7 * per_box)
-    assert len(roi_align_module._chunks(300, per_box)) == 43  # 7 boxes per chunk
-    torch.testing.assert_close(roi_align(features, boxes, OUTPUT_SIZE), whole, rtol=0, atol=1e-12)
+    for budget, expected in [(300 * per_box, 2), (7 * per_box, 86)]:
+        monkeypatch.setattr(roi_align_module, "CHUNK_ELEMENTS", budget)
+        chunks = roi_align_module._chunks(2, 300, per_box)
+        assert len(chunks) == expected and chunks[1][:2] == ((1, 2) if expected == 2 else (0, 1))
+        for ours, reference_value in zip(outputs_and_gradient(), whole):
+            torch.testing.assert_close(ours, reference_value, rtol=0, atol=1e-12)
 
 
 def test_bfloat16_follows_float32():
@@ -106,15 +116,3 @@ def test_non_finite_boxes_sample_nothing():
     boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0], [0.0, float("inf"), 2.0, 3.0]]])
     out = roi_align(features, boxes, OUTPUT_SIZE)
     assert out.shape == (2, 2, OUTPUT_SIZE, OUTPUT_SIZE) and not out.any()
-
-
-def test_benchmark_tool_times_both_paths(capsys):
-    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_roi_align.py"
-    spec = importlib.util.spec_from_file_location("benchmark_roi_align", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main(["--batch", "1", "--boxes", "3", "--channels", "2", "--height", "5", "--width", "6"])
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("RoIAlign 1x3 boxes on a 2x5x6 map")
-    assert [line.split()[0] for line in lines[1:]] == ["torchvision", "separable"]
-    assert all("forward + backward" in line and line.endswith("ms") for line in lines[1:])

@@ -6,6 +6,8 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .roi_align import ROI_ALIGN_IMPLEMENTATIONS
+
 
 def add_sam_detr_config(cfg: CN) -> None:
     """Add SAM-DETR's keys to a Detectron2 config, in place."""
@@ -32,6 +34,10 @@ def add_sam_detr_config(cfg: CN) -> None:
     _C.INPUT_PROJ_GN_GROUPS = 32
     # Side of the RoIAlign grid pooled inside each reference box (7 -> 7x7).
     _C.ROI_SIZE = 7
+    # RoIAlign implementation: "auto" computes it as matrix products on CPUs (much faster than
+    # torchvision's CPU kernel, same numbers) and uses torchvision's kernel on GPUs;
+    # "torchvision" uses torchvision's kernel everywhere.
+    _C.ROI_ALIGN = "auto"
     # Channels of the 1x1 conv that compresses RoI features before salient-point search.
     _C.POINT_CONV_DIM = 64
     # Hidden widths of the MLP predicting salient points from the flattened RoI features.
@@ -123,5 +129,10 @@ def validate_sam_detr_config(cfg: CN) -> None:
         )
     if not 0 < c.PRIOR_PROB < 1:
         raise ValueError(f"MODEL.SAM_DETR.PRIOR_PROB must be in (0, 1), got {c.PRIOR_PROB}.")
+    if c.ROI_ALIGN not in ROI_ALIGN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"MODEL.SAM_DETR.ROI_ALIGN must be one of {sorted(ROI_ALIGN_IMPLEMENTATIONS)}, got "
+            f"{c.ROI_ALIGN!r}."
+        )
     if not 0 <= c.DROPOUT < 1:
         raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")

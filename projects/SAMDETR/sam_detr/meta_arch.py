@@ -156,6 +156,7 @@ class SAMDETR(nn.Module):
             smca=c.SMCA,
             smca_divisor=c.SMCA_DIVISOR,
             temperature=c.POSITION_TEMPERATURE,
+            roi_align=c.ROI_ALIGN,
         )
         transformer = SAMTransformer(layer_spec, c.ENC_LAYERS, c.DEC_LAYERS)
         criterion = SetCriterion(

@@ -9,9 +9,10 @@ row part and a column part, and the sample grid of a bin is a product of row and
 samples. So one box's output is ``A_rows @ features @ A_cols.T`` with two small interpolation
 matrices (output size x map side). The forward and backward passes are a few large matrix
 products (multi-threaded, and fast in bfloat16), run over chunks of boxes so that memory stays
-bounded (``CHUNK_ELEMENTS``) and nothing but the interpolation matrices is kept for the
-backward pass. Both paths give the same numbers (``tests/test_roi_align.py``); on GPUs
-torchvision's kernel (whose backward uses atomic adds) is used.
+bounded (``CHUNK_ELEMENTS``; several images per product when they fit) and nothing but the
+interpolation matrices is kept for the backward pass. Both paths give the same numbers
+(``tests/test_roi_align.py``); on GPUs torchvision's kernel (whose backward uses atomic adds)
+is used.
 """
 
 from typing import List, Tuple
@@ -19,7 +20,13 @@ from typing import List, Tuple
 import torch
 from torchvision.ops import roi_align as torchvision_roi_align
 
-__all__ = ["CHUNK_ELEMENTS", "interpolation_matrix", "roi_align", "torchvision_path"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "ROI_ALIGN_IMPLEMENTATIONS",
+    "interpolation_matrix",
+    "roi_align",
+    "torchvision_path",
+]
 
 # Largest intermediate (boxes x output size x channels x map side) of one chunk of boxes:
 # 8M elements, 32 MiB in float32.
@@ -69,78 +76,95 @@ def interpolation_matrix(
     return weights
 
 
+def _finite(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes without gradient, the non-finite ones (a diverged forward pass) made zero-size:
+    they sample nothing instead of sending torchvision's sampling loop to infinity; the loss
+    is non-finite anyway and the training step skips the update."""
+    return boxes.detach().masked_fill(~torch.isfinite(boxes).all(-1, keepdim=True), 0.0)
+
+
 def torchvision_path(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> torch.Tensor:
     """torchvision's kernel with the arguments and shapes of :func:`roi_align`."""
-    rois: List[torch.Tensor] = list(boxes.unbind(0))
+    rois: List[torch.Tensor] = list(_finite(boxes).unbind(0))
     return torchvision_roi_align(
         features, rois, output_size=output_size, spatial_scale=1.0, aligned=True
     )
 
 
-def _chunks(num_boxes: int, per_box: int) -> List[Tuple[int, int]]:
-    """``[start, end)`` ranges of boxes whose intermediate stays within ``CHUNK_ELEMENTS``."""
-    step = max(1, CHUNK_ELEMENTS // max(per_box, 1))
-    return [(i, min(i + step, num_boxes)) for i in range(0, num_boxes, step)]
+def _chunks(num_images: int, num_boxes: int, per_box: int) -> List[Tuple[int, int, int, int]]:
+    """``(first image, last image + 1, first box, last box + 1)`` of every chunk: whole images
+    while several fit within ``CHUNK_ELEMENTS``, else ranges of boxes of one image."""
+    boxes_per_chunk = max(1, CHUNK_ELEMENTS // max(per_box, 1))
+    if boxes_per_chunk >= num_boxes:
+        step = boxes_per_chunk // num_boxes
+        return [(b, min(b + step, num_images), 0, num_boxes) for b in range(0, num_images, step)]
+    return [
+        (b, b + 1, n, min(n + boxes_per_chunk, num_boxes))
+        for b in range(num_images)
+        for n in range(0, num_boxes, boxes_per_chunk)
+    ]
 
 
-def _first_second_layout(out: torch.Tensor, swapped: bool) -> torch.Tensor:
+def _first_second_layout(region: torch.Tensor, swapped: bool) -> torch.Tensor:
     """View of RoIAlign's ``(B, N, C, R_y, R_x)`` as ``(B, N, R_first, C, R_second)``."""
-    return out.permute(0, 1, 4, 2, 3) if swapped else out.permute(0, 1, 3, 2, 4)
+    return region.permute(0, 1, 4, 2, 3) if swapped else region.permute(0, 1, 3, 2, 4)
 
 
 class SeparableRoIAlign(torch.autograd.Function):
     """RoIAlign as ``out[b, n, c] = rows[b, n] @ F[b, c] @ cols[b, n].T``, with the map's
-    longer axis contracted first (the intermediate then keeps the shorter one)."""
+    longer axis contracted first (the intermediate then keeps the shorter one). The output is
+    in channels-last memory format, which the Semantics Aligner's 1x1 convolution reads as
+    one matrix product."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
         """``features (B, C, H, W)``, ``rows (B, N, R, H)``, ``cols (B, N, R, W)`` ->
-        ``(B * N, C, R, R)``."""
+        ``(B * N, C, R, R)`` (channels-last)."""
         B, C, H, W = features.shape
         N, R = rows.shape[1:3]
         swapped = W > H
         first, second = (cols, rows) if swapped else (rows, cols)
         by_first = (features.transpose(2, 3) if swapped else features).transpose(1, 2)
         P, Q = first.shape[-1], second.shape[-1]
-        by_first = by_first.reshape(B, P, C * Q)  # one matrix product per chunk
-        out = features.new_empty(B, N, C, R, R)
-        target = _first_second_layout(out, swapped)
-        for b in range(B):
-            for start, end in _chunks(N, R * C * Q):
-                k = end - start
-                partial = first[b, start:end].reshape(k * R, P) @ by_first[b]  # (kR, CQ)
-                target[b, start:end] = (
-                    partial.view(k, R * C, Q) @ second[b, start:end].transpose(1, 2)
-                ).view(k, R, C, R)
+        by_first = by_first.reshape(B, P, C * Q)  # one matrix product per image and chunk
+        out = features.new_empty(B, N, R, R, C)  # (y, x, channel): channels-last
+        target = _first_second_layout(out.permute(0, 1, 4, 2, 3), swapped)
+        for b0, b1, n0, n1 in _chunks(B, N, R * C * Q):
+            g, k = b1 - b0, n1 - n0
+            partial = first[b0:b1, n0:n1].reshape(g, k * R, P) @ by_first[b0:b1]
+            target[b0:b1, n0:n1] = (
+                partial.view(g * k, R * C, Q) @ second[b0:b1, n0:n1].reshape(g * k, R, Q).mT
+            ).view(g, k, R, C, R)
         ctx.save_for_backward(first, second)
         ctx.swapped = swapped
-        ctx.channels = C
-        return out.view(B * N, C, R, R)
+        return out.view(B * N, R, R, C).permute(0, 3, 1, 2)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad: torch.Tensor):
         first, second = ctx.saved_tensors
         B, N, R, P = first.shape
-        Q, C = second.shape[-1], ctx.channels
-        grad = grad.to(first.dtype).view(B, N, C, R, R)
+        Q, C = second.shape[-1], grad.shape[1]
+        grad = grad.to(first.dtype).reshape(B, N, C, R, R)
         grad = _first_second_layout(grad, ctx.swapped).contiguous()
         grad_by_first = grad.new_zeros(B, P, C * Q)
-        for b in range(B):
-            for start, end in _chunks(N, R * C * Q):
-                k = end - start
-                partial = grad[b, start:end].view(k, R * C, R) @ second[b, start:end]
-                grad_by_first[b].addmm_(
-                    first[b, start:end].reshape(k * R, P).t(), partial.view(k * R, C * Q)
-                )
+        for b0, b1, n0, n1 in _chunks(B, N, R * C * Q):
+            g, k = b1 - b0, n1 - n0
+            partial = grad[b0:b1, n0:n1].view(g * k, R * C, R) @ second[b0:b1, n0:n1].reshape(
+                g * k, R, Q
+            )
+            grad_by_first[b0:b1].baddbmm_(
+                first[b0:b1, n0:n1].reshape(g, k * R, P).mT, partial.view(g, k * R, C * Q)
+            )
         grad_features = grad_by_first.view(B, P, C, Q).transpose(1, 2)
         return (grad_features.transpose(2, 3) if ctx.swapped else grad_features), None, None
 
 
 def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> torch.Tensor:
     """RoIAlign with torchvision's semantics (``spatial_scale=1``, ``aligned=True``, adaptive
-    sampling); no gradient flows to the boxes.
+    sampling): the matrix-product form on the CPU, torchvision's kernel elsewhere; no gradient
+    flows to the boxes.
 
     Args:
         features: ``(B, C, H, W)``.
@@ -149,13 +173,14 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
     Returns:
         ``(B * N, C, R, R)``, boxes of image 0 first.
     """
-    H, W = features.shape[-2:]
-    # A diverged forward pass gives non-finite boxes: they sample nothing (zero-size boxes)
-    # instead of sending torchvision's sampling loop to infinity; the loss is non-finite
-    # anyway and the training step skips the update.
-    boxes = boxes.detach().masked_fill(~torch.isfinite(boxes).all(-1, keepdim=True), 0.0)
     if features.device.type != "cpu":
         return torchvision_path(features, boxes, output_size)
-    rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], H, output_size)
-    cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], W, output_size)
+    boxes = _finite(boxes)
+    rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], features.shape[-2], output_size)
+    cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], features.shape[-1], output_size)
     return SeparableRoIAlign.apply(features, rows.to(features.dtype), cols.to(features.dtype))
+
+
+# MODEL.SAM_DETR.ROI_ALIGN: "auto" is the matrix-product form on CPUs and torchvision's kernel
+# on GPUs; "torchvision" is torchvision's kernel everywhere.
+ROI_ALIGN_IMPLEMENTATIONS = {"auto": roi_align, "torchvision": torchvision_path}

@@ -13,7 +13,7 @@ from torchvision.ops import box_convert
 
 from .mlp import MLP
 from .position_encoding import embed_points
-from .roi_align import roi_align
+from .roi_align import ROI_ALIGN_IMPLEMENTATIONS
 
 # Coordinates per salient point (x, y); SMCA adds one predicted scale per coordinate.
 POINT_DIMS = 2
@@ -41,6 +41,7 @@ class SemanticsAligner(nn.Module):
         point_mlp_dims: Sequence[int],
         predict_scales: bool,
         temperature: float,
+        roi_align: str = "auto",
     ) -> None:
         """
         Args:
@@ -51,12 +52,14 @@ class SemanticsAligner(nn.Module):
             point_mlp_dims: hidden widths of the point-predicting MLP.
             predict_scales: also predict SMCA scales (2 per point).
             temperature: of the points' sine embedding.
+            roi_align: implementation of RoIAlign (``ROI_ALIGN_IMPLEMENTATIONS``).
         """
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
         self.roi_size = roi_size
         self.temperature = temperature
+        self.roi_align = ROI_ALIGN_IMPLEMENTATIONS[roi_align]
         self.predict_scales = predict_scales
         self.outputs_per_point = POINT_DIMS * (2 if predict_scales else 1)
         self.point_conv = nn.Conv2d(dim, point_conv_dim, kernel_size=1)
@@ -90,9 +93,15 @@ class SemanticsAligner(nn.Module):
         height, width = memory.shape[-2:]
         scale = memory.new_tensor([width, height, width, height]) * valid_ratio.repeat(1, 2)
         boxes = box_convert(reference_boxes, "cxcywh", "xyxy") * scale[:, None, :]
-        region = roi_align(memory, boxes, self.roi_size)  # (B*N, d, R, R)
+        region = self.roi_align(memory, boxes, self.roi_size)  # (B*N, d, R, R)
 
-        raw = self.point_mlp(F.relu(self.point_conv(region)).flatten(1))
+        # The 1x1 convolution is a linear map over channels: on the channels-last RoI features
+        # (the CPU RoIAlign's layout) one matrix product, much faster than a convolution's
+        # backward on 7x7 maps. The MLP reads the result in (channel, y, x) order.
+        compressed = F.linear(
+            region.permute(0, 2, 3, 1), self.point_conv.weight.flatten(1), self.point_conv.bias
+        )
+        raw = self.point_mlp(F.relu(compressed).permute(0, 3, 1, 2).flatten(1))
         raw = raw.view(B * N, self.outputs_per_point // POINT_DIMS, M, POINT_DIMS)
         offsets = raw[:, 0].tanh()  # (B*N, M, 2) in [-1, 1] of the box
         scales = raw[:, 1].reshape(B, N, M, POINT_DIMS) if self.predict_scales else None

@@ -34,6 +34,7 @@ class SAMLayerSpec:
     smca: bool  # SMCA spatial prior in the cross-attention [SMCA]
     smca_divisor: float  # [SMCA_DIVISOR]
     temperature: float  # of the sine embeddings [POSITION_TEMPERATURE]
+    roi_align: str = "auto"  # RoIAlign implementation [ROI_ALIGN]
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -201,6 +202,7 @@ class SAMDecoderLayer(nn.Module):
             point_mlp_dims=spec.point_mlp_dims,
             predict_scales=spec.smca,
             temperature=spec.temperature,
+            roi_align=spec.roi_align,
         )
         self.cross_attn = SalientPointCrossAttention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
