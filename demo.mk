@@ -1,13 +1,14 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores, under 15 minutes), print Detectron2's COCO table and `copypaste:` lines, and draw
+# cores, 10-21 minutes here), print Detectron2's COCO table and `copypaste:` lines, and draw
 # the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/.
 # Included by the Makefile (`include demo.mk`), which provides the `env` target.
 PYTHON ?= .venv/bin/python
 DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
 DEMO_OUTPUT ?= output/demo
 DEMO_ENV ?= PYTHONPATH=projects/SAMDETR$${PYTHONPATH:+:$$PYTHONPATH}
-# Extra config overrides, e.g. a longer schedule:
-#   make demo DEMO_OPTS='SOLVER.MAX_ITER 3300'
+# Extra config overrides, e.g. a shorter schedule or mixed precision:
+#   make demo DEMO_OPTS='SOLVER.MAX_ITER 2000'
+#   make demo DEMO_OPTS='SOLVER.AMP.ENABLED True'
 DEMO_OPTS ?=
 # Boxes drawn in the prediction images: focal-loss scores of a short training stay low.
 DEMO_MIN_SCORE ?= 0.3

@@ -6,6 +6,7 @@ checkpoints and an exact ``--resume``. Runs on one process, on ``--num-gpus`` /
 ``--num-machines`` through Detectron2's ``launch``, or under ``torchrun`` (NCCL on GPUs, gloo
 on CPU). See README.md for the commands."""
 
+import argparse
 import functools
 import logging
 from collections import OrderedDict
@@ -30,7 +31,7 @@ __all__ = ["Trainer", "argument_parser", "main", "register_coco_datasets", "setu
 logger = logging.getLogger("sam_detr.train_net")
 
 
-def setup(args) -> CfgNode:
+def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``args.config_file`` and the trailing ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_sam_detr_config(cfg)
@@ -74,7 +75,7 @@ def register_coco_datasets(specs: List[List[str]]) -> None:
         )
 
 
-def main(args) -> Dict[str, Any]:
+def main(args: argparse.Namespace) -> Dict[str, Any]:
     register_coco_datasets(args.coco_dataset)
     cfg = setup(args)
     if args.eval_only:
@@ -88,7 +89,7 @@ def main(args) -> Dict[str, Any]:
     return trainer.train() or OrderedDict()
 
 
-def argument_parser():
+def argument_parser() -> argparse.ArgumentParser:
     """Detectron2's parser plus ``--coco-dataset NAME JSON IMAGE_ROOT``."""
     parser = default_argument_parser()
     parser.add_argument(

@@ -111,20 +111,45 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, caplog):
     newest = tmp_path / "model_0000003.pth"
     newest.write_bytes(newest.read_bytes()[:5000])  # damaged on disk after the save
     (tmp_path / ".model_0000005.pth.abc.tmp").write_bytes(b"partial")  # an interrupted save
+    (tmp_path / ".notes.tmp").write_text("a user's file")
 
     fresh = build_model(tiny_cfg())
     with caplog.at_level(logging.WARNING):
-        resumed = SAMDETRCheckpointer(fresh, str(tmp_path)).resume_last()
-    assert resumed == str(tmp_path / "model_0000001.pth")
+        resumer = SAMDETRCheckpointer(fresh, str(tmp_path), fine_tuning=True)
+        resumer.remove_interrupted_saves()
+        resumed = resumer.resume_or_load("", resume=True)
+    assert resumed["iteration"] == 1  # what Detectron2's resume_or_load returns
     assert all(torch.equal(v, good[k]) for k, v in fresh.state_dict().items())
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "Cannot resume from" in messages and "model_0000003.pth" in messages
     assert "a damaged or incomplete checkpoint" in messages
     assert not (tmp_path / ".model_0000005.pth.abc.tmp").exists()
+    assert (tmp_path / ".notes.tmp").read_text() == "a user's file"
 
 
 def test_resume_without_checkpoint_loads_nothing(tmp_path):
     assert SAMDETRCheckpointer(tiny_model(), str(tmp_path)).resume_last() is None
+
+
+def test_resume_with_only_damaged_checkpoints_stops(tmp_path):
+    """Not a silent restart from MODEL.WEIGHTS, whose first save would bury the run."""
+    checkpointer = SAMDETRCheckpointer(tiny_model(), str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    (tmp_path / "model_0000001.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="none of the 1 checkpoints in .* can be loaded"):
+        SAMDETRCheckpointer(tiny_model(), str(tmp_path)).resume_last()
+
+
+def test_resume_is_never_fine_tuning(tmp_path):
+    """A run resumed with another NUM_CLASSES than its checkpoints is refused (re-initialised
+    heads and an optimiser state of other shapes would follow)."""
+    SAMDETRCheckpointer(tiny_model(), str(tmp_path)).save("model_0000001", iteration=1)
+    other = SAMDETRCheckpointer(
+        tiny_model("MODEL.SAM_DETR.NUM_CLASSES", "5"), str(tmp_path), fine_tuning=True
+    )
+    with pytest.raises(WeightsMismatchError, match="classes, the model 5"):
+        other.resume_last()
+    assert other.fine_tuning
 
 
 def test_eval_refuses_another_class_count(tmp_path):

@@ -39,8 +39,10 @@ def first_real_annotation(coco):
     return next(a for a in coco["annotations"] if a["area"] > 0)
 
 
-def load(name, policy="drop", training=True):
-    return load_checked_dataset([name], NUM_CLASSES, policy, training=training)
+def load(name, policy="drop", training=True, filter_empty=False):
+    return load_checked_dataset(
+        [name], NUM_CLASSES, policy, training=training, filter_empty=filter_empty
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,10 +93,11 @@ def test_duplicated_image_ids_are_refused(tmp_path):
 
     # A dataset registered with a loader of its own (no json file): its dicts are checked.
     records = [{"file_name": f"{i}.png", "image_id": i // 2, "annotations": []} for i in range(4)]
-    DatasetCatalog.register("checks_custom", lambda: records)
-    MetadataCatalog.get("checks_custom").set(thing_classes=["a", "b"])
+    custom = f"checks_custom_{next(_names)}"
+    DatasetCatalog.register(custom, lambda: records)
+    MetadataCatalog.get(custom).set(thing_classes=["a", "b"])
     with pytest.raises(DatasetError, match="2 image ids occur more than once, e.g. image id 0"):
-        load("checks_custom")
+        load(custom)
 
 
 def _degenerate(coco):
@@ -111,24 +114,32 @@ def test_degenerate_boxes_are_dropped_from_training_with_one_warning(tmp_path, c
     warnings = [r.getMessage() for r in caplog.records if "invalid boxes" in r.getMessage()]
     assert len(warnings) == 1
     assert "2 invalid boxes dropped from training" in warnings[0]
-    assert "1 with zero width or height" in warnings[0]
-    assert "1 with entirely outside its image" in warnings[0]
+    assert "1 of zero width or height" in warnings[0]
+    assert "1 entirely outside its image" in warnings[0]
     kept = sum(len(d["annotations"]) for d in dicts)
     assert kept == len(coco["annotations"]) - 2
     assert len(dicts) == len(coco["images"])  # images without objects stay
-    assert any(not d["annotations"] for d in dicts)
+    emptied = [d for d in dicts if not d["annotations"]]
+    assert emptied
+    # With FILTER_EMPTY_ANNOTATIONS, images left without boxes by the checks go as well.
+    filtered = load(name, filter_empty=True)
+    assert len(filtered) == len(dicts) - len(emptied)
+    assert all(d["annotations"] for d in filtered)
 
 
 def test_degenerate_boxes_at_evaluation_are_kept_and_reported(tmp_path, caplog):
-    name, _ = dataset_with(tmp_path, _degenerate)
+    name, json_file = dataset_with(tmp_path, _degenerate)
+    with open(json_file) as f:
+        coco = json.load(f)
     with caplog.at_level(logging.WARNING):
-        load(name, training=False)
+        dicts = load(name, training=False)
     assert "counts them as missed" in caplog.text
+    assert sum(len(d["annotations"]) for d in dicts) == len(coco["annotations"])
 
 
 def test_degenerate_boxes_are_refused_on_request(tmp_path):
     name, json_file = dataset_with(tmp_path, _degenerate)
-    with pytest.raises(DatasetError, match="has (zero width or height|entirely outside)") as err:
+    with pytest.raises(DatasetError, match="is (of zero width or height|entirely outside)") as err:
         load(name, policy="error")
     assert json_file in str(err.value) and 'DATASETS.INVALID_BOXES "drop"' in str(err.value)
 

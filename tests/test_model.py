@@ -1,6 +1,7 @@
 """Behaviour of the SAMDETR meta-architecture: every config builds, parameter counts of the
 paper models, training on empty images and degenerate boxes, float32 losses under
-autocast, reference boxes detached between layers, top-k and score-threshold inference."""
+autocast, reference boxes detached between layers, top-k and score-threshold inference,
+frozen BatchNorm folded for inference, bfloat16 inference and torchvision's RoIAlign."""
 
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.inference import fold_frozen_batchnorm
+from sam_detr.roi_align import roi_align, torchvision_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
@@ -169,6 +171,8 @@ def test_invalid_values_are_refused_naming_the_key(key, value, message):
 
 
 def test_folding_frozen_batchnorm_keeps_outputs_and_state_dict():
+    """Same outputs and state_dict; the folded copies are what runs (the norms no longer
+    matter); a folded model refuses new weights and training."""
     model = small_model("sam_detr_R50.yaml")
     model.eval()
     with torch.no_grad():  # FrozenBN with statistics that are not the identity
@@ -189,6 +193,16 @@ def test_folding_frozen_batchnorm_keeps_outputs_and_state_dict():
     folded = model.state_dict()
     assert folded.keys() == state.keys()
     assert all(torch.equal(folded[k], v) for k, v in state.items())
+    with torch.no_grad():
+        for m in model.backbone.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_mean.fill_(1e3)
+        unchanged = model.inference(batch, do_postprocess=False)
+    torch.testing.assert_close(unchanged["pred_logits"], after["pred_logits"], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Cannot load weights into this model: frozen"):
+        model.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="Cannot train this model: frozen BatchNorm"):
+        model.train()
 
 
 def test_bfloat16_inference_follows_float32():
@@ -199,7 +213,9 @@ def test_bfloat16_inference_follows_float32():
     with torch.no_grad():
         expected = fp32.inference(batch, do_postprocess=False)
         ours = bf16.inference(batch, do_postprocess=False)
+    assert str(bf16.inference_precision) == "mixed bfloat16 on cpu"
     assert ours["pred_logits"].dtype == torch.float32  # detections are computed in float32
+    assert not torch.equal(ours["pred_logits"], expected["pred_logits"])
     assert (ours["pred_boxes"] - expected["pred_boxes"]).abs().max() < 0.02
     assert (ours["pred_logits"] - expected["pred_logits"]).abs().max() < 0.1
 
@@ -208,6 +224,8 @@ def test_torchvision_roi_align_gives_the_same_model():
     ours = small_model("sam_detr_R50_SMCA.yaml").eval()
     theirs = small_model("sam_detr_R50_SMCA.yaml", "MODEL.SAM_DETR.ROI_ALIGN", "torchvision")
     theirs.load_state_dict(ours.state_dict())
+    aligners = [m.transformer.decoder[0].semantics_aligner for m in (ours, theirs)]
+    assert aligners[0].roi_align is roi_align and aligners[1].roi_align is torchvision_path
     batch = [{"image": torch.rand(3, 64, 96) * 255}, {"image": torch.rand(3, 80, 64) * 255}]
     with torch.no_grad():
         a = ours.inference(batch, do_postprocess=False)

@@ -1,12 +1,14 @@
 """Detectron2's ``DefaultPredictor`` on a real image file for the demo config and every paper
 config (randomly initialised: ``MODEL.WEIGHTS ""``; paper configs at a small test size),
 ``MODEL.SAM_DETR.SCORE_THRESH_TEST`` dropping low-scoring detections, and ``SAMDETRPredictor``
-refusing arrays that are not H x W x 3 uint8 BGR (the model itself refusing other channel
-counts and warning about float images in [0, 1])."""
+refusing arrays that are not H x W x 3 uint8 BGR and empty weights (the model itself refusing
+other channel counts and warning about float images in [0, 1])."""
 
+import collections
 import os
 
 import cv2
+import detectron2.utils.logger
 import numpy as np
 import pytest
 import torch
@@ -89,7 +91,12 @@ def test_score_threshold_drops_low_scores(image_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_predictor():
-    return SAMDETRPredictor(_cfg(DEMO_CONFIG))
+    return SAMDETRPredictor(_cfg(DEMO_CONFIG, "MODEL.SAM_DETR.STRICT_WEIGHTS", "False"))
+
+
+def test_predictor_refuses_empty_weights():
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty: the predictor would detect"):
+        SAMDETRPredictor(_cfg(DEMO_CONFIG))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +137,9 @@ def test_predictor_matches_default_predictor_on_valid_input(demo_predictor, imag
     torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
 
 
-def test_model_checks_what_reaches_it(caplog):
+def test_model_checks_what_reaches_it(caplog, monkeypatch):
+    # The warning is logged once per process (Detectron2's log_first_n): count afresh.
+    monkeypatch.setattr(detectron2.utils.logger, "_LOG_COUNTER", collections.Counter())
     model = build_model(_cfg(DEMO_CONFIG)).eval()
     with torch.no_grad(), pytest.raises(ValueError, match=r"\(3, H, W\) tensor.*\(4, 32, 32\)"):
         model([{"image": torch.zeros(4, 32, 32)}])

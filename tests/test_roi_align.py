@@ -77,9 +77,9 @@ def test_chunks_bound_the_intermediate_and_change_nothing(monkeypatch):
         out = roi_align(features, boxes, OUTPUT_SIZE)
         return out, torch.autograd.grad((out * weights).sum(), features)[0]
 
-    assert roi_align_module._chunks(2, 300, 1) == [(0, 2, 0, 300)]  # both images at once
-    whole = outputs_and_gradient()
     per_box = OUTPUT_SIZE * 16 * 25  # the intermediate keeps the map's shorter axis
+    assert roi_align_module._chunks(2, 300, per_box) == [(0, 2, 0, 300)]  # both images at once
+    whole = outputs_and_gradient()
     for budget, expected in [(300 * per_box, 2), (7 * per_box, 86)]:
         monkeypatch.setattr(roi_align_module, "CHUNK_ELEMENTS", budget)
         chunks = roi_align_module._chunks(2, 300, per_box)

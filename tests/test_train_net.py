@@ -5,29 +5,25 @@ an uninterrupted run, and a ``NUM_CLASSES`` that disagrees with the dataset is r
 both numbers."""
 
 import os
-import resource
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from train_net_helpers import (
-    REPO,
+    KILLED_AFTER_FIRST_CHECKPOINT,
+    SIGXFSZ_KILLS,
     TINY_CONFIG,
-    env,
     hide_module,
+    limit_file_size,
     make_tiny_datasets,
+    python_wrapper,
     run_train_net,
     tiny_dataset_args,
     tiny_overrides,
-    train_net_command,
 )
 
-# A killed run must not reach its end before the kill: long enough, killed within seconds.
+# Iterations of the run that is killed and resumed (checkpoints every 4).
 RESUMED_RUN_ITERS = 20
-FIRST_CHECKPOINT_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 300
 
 
@@ -66,41 +62,6 @@ def test_train_then_eval_only(tiny_data, tmp_path):
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout
 
 
-def _wait_for_first_checkpoint(proc, out):
-    marker = os.path.join(out, "last_checkpoint")
-    deadline = time.time() + FIRST_CHECKPOINT_TIMEOUT_S
-    while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    return marker
-
-
-def _limit_file_size(limit):
-    """preexec_fn: files may not grow beyond ``limit`` bytes."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
-# train_net.py with SIGXFSZ at its default action: Python ignores it (then a write beyond
-# RLIMIT_FSIZE fails, as on a full disk); restored, the process is killed in that write.
-KILLED_BY_SIGXFSZ = (
-    "import runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); "
-    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
-def _run(command, log_path, preexec_fn):
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
-        )
-        proc.wait(timeout=RUN_TIMEOUT_S)
-    return proc.returncode, open(log_path).read()
-
-
 def test_kill_full_disk_and_resume_equal_an_uninterrupted_run(tiny_data, tmp_path):
     """A run killed between saves, then killed during a save, then stopped by a full disk,
     then resumed, ends with the weights and optimiser state of an uninterrupted run (bitwise;
@@ -119,39 +80,41 @@ def test_kill_full_disk_and_resume_equal_an_uninterrupted_run(tiny_data, tmp_pat
 
     out = str(tmp_path / "run")
     args = common + tiny_overrides(out) + ["DATALOADER.NUM_WORKERS", "2"]
-    # 1. SIGKILL as soon as a checkpoint exists (last_checkpoint is written after it).
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(
-            train_net_command(args), cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT
-        )
-        marker = _wait_for_first_checkpoint(proc, out)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-4000:]
+    # 1. SIGKILL right after the first checkpoint is complete (between saves).
+    r = run_train_net(
+        args, timeout=RUN_TIMEOUT_S, launcher=python_wrapper(KILLED_AFTER_FIRST_CHECKPOINT)
+    )
+    assert r.returncode == -signal.SIGKILL, r.stdout[-4000:]
+    marker = os.path.join(out, "last_checkpoint")
     tagged = open(marker).read()
     last = os.path.join(out, tagged)
     killed_at = _iteration(last)
-    assert killed_at < RESUMED_RUN_ITERS - 1
+    assert killed_at == 3  # CHECKPOINT_PERIOD 4
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
     size = os.path.getsize(last)
 
     # 2. Resumed, then killed by SIGXFSZ half-way through writing its next checkpoint.
-    command = [sys.executable, "-c", KILLED_BY_SIGXFSZ] + train_net_command(["--resume"] + args)[1:]
-    code, log = _run(command, tmp_path / "xfsz.log", _limit_file_size(size // 2))
-    assert code == -signal.SIGXFSZ, log[-4000:]
-    assert f"Starting training from iteration {killed_at + 1}" in log
+    r = run_train_net(
+        ["--resume"] + args,
+        timeout=RUN_TIMEOUT_S,
+        launcher=python_wrapper(SIGXFSZ_KILLS),
+        preexec_fn=limit_file_size(size // 2),
+    )
+    assert r.returncode == -signal.SIGXFSZ, r.stdout[-4000:]
+    assert f"Starting training from iteration {killed_at + 1}" in r.stdout
     partial = [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert len(partial) == 1 and os.path.getsize(os.path.join(out, partial[0])) == size // 2
     assert open(marker).read() == tagged and _iteration(last) == killed_at
     assert sorted(f for f in os.listdir(out) if f.startswith("model_"))[-1] == tagged
 
     # 3. Resumed on a "full disk": the failed save stops the run with a clear error.
-    command = train_net_command(["--resume"] + args)
-    code, log = _run(command, tmp_path / "full.log", _limit_file_size(size // 2))
-    assert code != 0
-    assert f"Removed {partial[0]}, left by an interrupted save" in log
-    assert "Could not write" in log and "File too large" in log
-    assert f"The previous checkpoint '{last}' and last_checkpoint are intact" in log
+    r = run_train_net(
+        ["--resume"] + args, timeout=RUN_TIMEOUT_S, preexec_fn=limit_file_size(size // 2)
+    )
+    assert r.returncode != 0
+    assert f"Removed {partial[0]}, left by an interrupted save" in r.stdout
+    assert "Could not write" in r.stdout and "File too large" in r.stdout
+    assert f"The previous checkpoint '{last}' and last_checkpoint are intact" in r.stdout
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert open(marker).read() == tagged and _iteration(last) == killed_at
 

@@ -4,9 +4,10 @@ tiny config, and running ``train_net.py`` in a subprocess."""
 
 import json
 import os
+import resource
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -130,10 +131,12 @@ def run_train_net(
     script: str = TRAIN_NET,
     launcher: List[str] = (),
     first_paths: Sequence[str] = (),
+    preexec_fn: Optional[Callable[[], None]] = None,
 ) -> subprocess.CompletedProcess:
     """Run ``script`` (train_net.py), optionally after ``launcher`` arguments (e.g.
-    ``-m torch.distributed.run ...``) and with ``first_paths`` ahead on ``PYTHONPATH``;
-    stdout and stderr together in ``.stdout``."""
+    ``-m torch.distributed.run ...`` or ``-c CODE``: see :func:`python_wrapper`), with
+    ``first_paths`` ahead on ``PYTHONPATH`` and ``preexec_fn`` run in the child; stdout and
+    stderr together in ``.stdout``. A run past ``timeout`` is killed."""
     cmd = [sys.executable] + list(launcher) + [script] + args
     return subprocess.run(
         cmd,
@@ -143,7 +146,35 @@ def run_train_net(
         stderr=subprocess.STDOUT,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
+
+
+def python_wrapper(code: str) -> List[str]:
+    """``launcher`` arguments that run ``code``, then the script with its arguments."""
+    run_script = "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    return ["-c", f"import runpy, sys\n{code}\n{run_script}"]
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """``preexec_fn``: files may not grow beyond ``limit`` bytes. Python ignores SIGXFSZ, so
+    a write beyond the limit fails with EFBIG, as on a full disk (:data:`SIGXFSZ_KILLS` makes
+    it kill the process instead)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+# python_wrapper code: SIGXFSZ back at its default action, so that the process is killed in
+# the write that crosses RLIMIT_FSIZE (a kill in the middle of a save).
+SIGXFSZ_KILLS = "import signal; signal.signal(signal.SIGXFSZ, signal.SIG_DFL)"
+# python_wrapper code: SIGKILL right after the first checkpoint is complete and named in
+# last_checkpoint (a preemption between saves, at a known point).
+KILLED_AFTER_FIRST_CHECKPOINT = """import os, signal
+_replace = os.replace
+def _replace_then_die(src, dst, **kwargs):
+    _replace(src, dst, **kwargs)
+    if os.path.basename(dst) == "last_checkpoint":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = _replace_then_die"""
 
 
 def tiny_cfg(*overrides: str):

@@ -19,15 +19,16 @@ import argparse
 import resource
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.inference import prepare_for_inference
-from sam_detr.precision import build_precision
+from sam_detr.precision import Precision, build_precision
 
 # Objects per random training image, and their side as a fraction of the image (min, max).
 OBJECTS_PER_IMAGE = 8
@@ -82,8 +83,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_iteration(args: argparse.Namespace):
-    """The model and a function running one iteration of ``args.task``."""
+def build_iteration(
+    args: argparse.Namespace,
+) -> Tuple[CfgNode, torch.nn.Module, Callable[[], None], Precision]:
+    """The config, the model, a function running one iteration of ``args.task`` and the
+    precision it runs in."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device] + list(args.opts)
     cfg = get_sam_detr_cfg(args.config_file, overrides)
@@ -93,7 +97,6 @@ def build_iteration(args: argparse.Namespace):
     generator = torch.Generator().manual_seed(args.seed)
     batch = random_batch(args.batch_size, height, width, cfg.MODEL.SAM_DETR.NUM_CLASSES, generator)
     if args.task == "inference":
-        model.eval()
         prepare_for_inference(model)
         inputs = [{"image": x["image"]} for x in batch]
 
@@ -101,7 +104,7 @@ def build_iteration(args: argparse.Namespace):
             with torch.no_grad():
                 model(inputs)
 
-        return cfg, model, run
+        return cfg, model, run, model.inference_precision
     model.train()
     precision = build_precision(
         cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False
@@ -113,10 +116,12 @@ def build_iteration(args: argparse.Namespace):
             losses = model(batch)
         sum(losses.values()).backward()
 
-    return cfg, model, run
+    return cfg, model, run, precision
 
 
-def time_iterations(run: Callable[[], None], device: torch.device, args) -> List[float]:
+def time_iterations(
+    run: Callable[[], None], device: torch.device, args: argparse.Namespace
+) -> List[float]:
     for _ in range(args.warmup):
         run()
     times = []
@@ -131,12 +136,10 @@ def time_iterations(run: Callable[[], None], device: torch.device, args) -> List
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    cfg, model, run = build_iteration(args)
+    cfg, model, run, precision = build_iteration(args)
     device = model.device
     times = time_iterations(run, device, args)
     median = statistics.median(times)
-    amp = cfg.SOLVER.AMP.ENABLED if args.task == "train" else cfg.TEST.AMP.ENABLED
-    precision = build_precision(amp, cfg.SOLVER.AMP.DTYPE, device, scale=args.task == "train")
     result = {
         "min_s": min(times),
         "median_s": median,

@@ -14,16 +14,20 @@ the class heads. ``MODEL.SAM_DETR.STRICT_WEIGHTS False`` turns strictness off (w
 Detectron2's behaviour). Resuming skips a damaged newest checkpoint for the previous good one.
 """
 
+import errno
 import logging
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.utils import comm
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 __all__ = [
@@ -53,6 +57,7 @@ LAST_CHECKPOINT = "last_checkpoint"
 RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
 # Temporary files of an interrupted save: "." + final name + random part + this suffix.
 TEMP_SUFFIX = ".tmp"
+INTERRUPTED_SAVE = re.compile(r"^\.(model_(\d+|final)\.pth|last_checkpoint)\..+\.tmp$")
 # Permissions of written files before the umask, as open() gives them.
 FILE_MODE = 0o666
 # Every zip archive (torch.save's format) starts with these bytes.
@@ -73,18 +78,42 @@ class WeightsMismatchError(CheckpointError):
     """The checkpoint's tensors do not fit the model (another architecture or class count)."""
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+# Read once: setting it to read it is process-wide, a race with threads that create files.
+UMASK = _read_umask()
+# What torch.load / unpickling raise for a file that is not a (complete) checkpoint (and
+# OSError EINVAL, torch's zip reader's for a truncated file); other OSErrors (an unreadable
+# disk, a stale network handle) and MemoryError propagate as they are.
+UNREADABLE_ERRORS = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    zipfile.BadZipFile,
+    UnicodeDecodeError,
+    ValueError,
+    KeyError,
+    AttributeError,
+    ImportError,
+    TypeError,
+)
+
+
 def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    """Make a rename in ``directory`` durable; where the file system cannot (some network and
+    FUSE mounts refuse fsync on a folder), warn: the file itself is complete."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        logger.warning("Could not flush the folder %s to disk (%s).", directory, e)
 
 
 class _RecordingWriter:
@@ -114,8 +143,8 @@ def write_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
     try:
-        os.fchmod(fd, FILE_MODE & ~_umask())  # mkstemp makes the file private (0600)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE & ~UMASK)  # mkstemp makes the file private (0600)
             recorder = _RecordingWriter(f)
             try:
                 write(recorder)  # type: ignore[arg-type]
@@ -218,9 +247,12 @@ def _backbone_only(checkpoint: Mapping[str, Any], diff: StateDiff) -> bool:
 def _unreadable(filename: str, error: BaseException) -> CheckpointError:
     """The error for a file that ``torch.load`` / pickle could not read."""
     reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    size = os.path.getsize(filename)
-    with open(filename, "rb") as f:
-        head = f.read(len(ZIP_MAGIC))
+    try:
+        size = os.path.getsize(filename)
+        with open(filename, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        return CheckpointError(f"Cannot read '{filename}': {e}")
     if size == 0:
         return DamagedCheckpointError(
             f"'{filename}' is empty (an interrupted save or copy). Use another checkpoint."
@@ -303,9 +335,8 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         if path and "://" not in path and not os.path.isfile(path):
             raise CheckpointError(
-                f"Checkpoint file '{path}' does not exist (MODEL.WEIGHTS, or the file named "
-                f'in OUTPUT_DIR/{LAST_CHECKPOINT} with --resume). Use MODEL.WEIGHTS "" to '
-                "start from random initialisation."
+                f"Checkpoint file '{path}' (MODEL.WEIGHTS) does not exist. Use "
+                'MODEL.WEIGHTS "" to start from random initialisation.'
             )
         if path and "://" in path:
             try:
@@ -323,7 +354,11 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
             loaded = super()._load_file(filename)
-        except Exception as e:  # unpickling / zip / decoding errors of all kinds
+        except UNREADABLE_ERRORS as e:
+            raise _unreadable(filename, e) from e
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
             raise _unreadable(filename, e) from e
         model_state = loaded.get("model") if isinstance(loaded, dict) else None
         if not isinstance(model_state, dict) or not all(
@@ -403,33 +438,67 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
         others = [p for _, p in sorted(found, reverse=True) if p != tagged]
         return ([tagged] if tagged and os.path.basename(tagged) else []) + others
 
-    def _remove_interrupted_saves(self) -> None:
+    def remove_interrupted_saves(self) -> None:
+        """Delete the temporary files that saves killed mid-way left in ``save_dir``. Only for
+        the process that saves (the main one), when it starts: another process's save may be
+        under way otherwise."""
         for name in os.listdir(self.save_dir) if os.path.isdir(self.save_dir) else []:
-            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                os.remove(os.path.join(self.save_dir, name))
+            if INTERRUPTED_SAVE.match(name):
+                try:
+                    os.remove(os.path.join(self.save_dir, name))
+                except FileNotFoundError:
+                    continue
                 logger.warning("Removed %s, left by an interrupted save.", name)
 
-    def resume_last(self) -> Optional[str]:
-        """Load the newest readable checkpoint of ``save_dir`` with all checkpointables.
+    def _try_resume_from(self, path: str) -> Tuple[Optional[Dict[str, Any]], str]:
+        """``(leftover checkpoint data, "")`` after loading ``path``, or ``(None, reason)``;
+        raises :class:`WeightsMismatchError` (another architecture is not a damaged file)."""
+        if not os.path.isfile(path):
+            return None, f"'{path}' does not exist"
+        try:
+            return self.load(path), ""
+        except WeightsMismatchError:
+            raise
+        except CheckpointError as e:
+            return None, str(e)
 
-        A damaged or unreadable newest file is skipped for the previous one, with a warning.
-        Returns the file loaded, or None when there is none (nothing is loaded then)."""
-        self._remove_interrupted_saves()
-        for path in self._resume_candidates():
-            if not os.path.isfile(path):
-                logger.warning("%s names '%s', which does not exist.", LAST_CHECKPOINT, path)
-                continue
-            try:
-                self.load(path)
-                return path
-            except WeightsMismatchError:
-                raise
-            except CheckpointError as e:
-                logger.warning("Cannot resume from %s: %s Trying the previous one.", path, e)
+    def resume_last(self) -> Optional[Dict[str, Any]]:
+        """Load the newest readable checkpoint of ``save_dir`` with all checkpointables and
+        return what ``load`` returns; None when ``save_dir`` has no checkpoint.
+
+        A damaged or missing newest file is skipped for the previous one, with a warning. All
+        processes load the same file: the main process's list of files is used, and a file
+        that fails on any process is skipped by all. Resuming is never fine-tuning: a
+        checkpoint that does not fit the model is an error. Raises :class:`CheckpointError`
+        when checkpoints exist but none can be loaded (instead of starting from scratch).
+        """
+        candidates = comm.all_gather(self._resume_candidates())[0]
+        fine_tuning, self.fine_tuning = self.fine_tuning, False
+        reasons = []
+        try:
+            for path in candidates:
+                loaded, reason = self._try_resume_from(path)
+                failures = [r for r in comm.all_gather(reason) if r]
+                if not failures:
+                    self.logger.info("Resumed from %s", path)
+                    return loaded
+                logger.warning("Cannot resume from %s: %s", path, failures[0])
+                reasons.append(failures[0])
+        finally:
+            self.fine_tuning = fine_tuning
+        if reasons:
+            raise CheckpointError(
+                f"--resume: none of the {len(reasons)} checkpoints in '{self.save_dir}' can "
+                f"be loaded ({'; '.join(reasons)}). Move them out of OUTPUT_DIR to start "
+                "from MODEL.WEIGHTS instead."
+            )
         return None
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
-        """fvcore's ``resume_or_load`` with :meth:`resume_last`."""
-        if resume and self.resume_last():
-            return {}
+        """fvcore's ``resume_or_load`` with :meth:`resume_last`: what was loaded but not
+        consumed (e.g. ``iteration``)."""
+        if resume:
+            loaded = self.resume_last()
+            if loaded is not None:
+                return loaded
         return self.load(path, checkpointables=[])

@@ -6,6 +6,8 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .dataset_checks import INVALID_BOX_POLICIES
+from .precision import AMP_DTYPES
 from .roi_align import ROI_ALIGN_IMPLEMENTATIONS
 
 
@@ -90,6 +92,8 @@ def add_sam_detr_config(cfg: CN) -> None:
     # of training with one summary warning; "error" refuses the dataset. (Non-finite or
     # negative-size boxes, unknown categories and duplicated image ids are always refused.)
     cfg.DATASETS.INVALID_BOXES = "drop"
+    # One shuffled stream batched in order, as DETR (sample_stream.py; True is refused).
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
 
     # ---- Training recipe keys (train_net.py, dataset_mapper.py) ----
     # DETR crop branch: shortest-side sizes of the resize applied before the random crop of
@@ -109,7 +113,8 @@ def get_sam_detr_cfg(config_file: str, overrides: Sequence[str] = ()) -> CN:
 
 
 def validate_sam_detr_config(cfg: CN) -> None:
-    """Raise ``ValueError`` naming the key for ``MODEL.SAM_DETR`` values that cannot work."""
+    """Raise ``ValueError`` naming the key for ``MODEL.SAM_DETR`` (and the other keys this
+    project adds) values that cannot work."""
     c = cfg.MODEL.SAM_DETR
     positive = ["NUM_CLASSES", "NUM_QUERIES", "HIDDEN_DIM", "NHEADS", "DEC_LAYERS", "ROI_SIZE"]
     for key in positive + ["DIM_FEEDFORWARD", "POINT_CONV_DIM"]:
@@ -136,3 +141,12 @@ def validate_sam_detr_config(cfg: CN) -> None:
         )
     if not 0 <= c.DROPOUT < 1:
         raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")
+    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
+        raise ValueError(
+            f"SOLVER.AMP.DTYPE must be one of {AMP_DTYPES}, got {cfg.SOLVER.AMP.DTYPE!r}."
+        )
+    if cfg.DATASETS.INVALID_BOXES not in INVALID_BOX_POLICIES:
+        raise ValueError(
+            f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got "
+            f"{cfg.DATASETS.INVALID_BOXES!r}."
+        )

@@ -18,11 +18,13 @@
 import json
 import logging
 import math
+import numbers
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.datasets import load_coco_json
+from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.structures import BoxMode
 
 __all__ = [
@@ -41,8 +43,12 @@ logger = logging.getLogger(__name__)
 DROP, ERROR = "drop", "error"
 INVALID_BOX_POLICIES = (DROP, ERROR)
 # Kinds of invalid boxes that the policy applies to.
-ZERO_SIZE = "zero width or height"
+ZERO_SIZE = "of zero width or height"
 OUTSIDE = "entirely outside its image"
+# How many file names, class names and category ids an error message lists.
+SHOWN_FILES = 3
+SHOWN_CLASSES = 10
+SHOWN_CATEGORIES = 20
 
 
 class DatasetError(ValueError):
@@ -64,9 +70,10 @@ def check_num_classes(
         if len(thing_classes) != num_classes:
             raise ValueError(
                 f"MODEL.SAM_DETR.NUM_CLASSES is {num_classes} but dataset '{dataset_name}' "
-                f"has {len(thing_classes)} classes ({', '.join(map(str, thing_classes[:10]))}"
-                f"{', ...' if len(thing_classes) > 10 else ''}). Set MODEL.SAM_DETR.NUM_CLASSES "
-                f"{len(thing_classes)}."
+                f"has {len(thing_classes)} classes "
+                f"({', '.join(map(str, thing_classes[:SHOWN_CLASSES]))}"
+                f"{', ...' if len(thing_classes) > SHOWN_CLASSES else ''}). Set "
+                f"MODEL.SAM_DETR.NUM_CLASSES {len(thing_classes)}."
             )
         return
     max_id = max(
@@ -102,24 +109,42 @@ def _xywh(anno: Dict[str, Any]) -> List[float]:
     return box
 
 
+def _refuse_duplicated_ids(dataset_name: str, images: Iterable[Tuple[Any, Any]]) -> None:
+    """Raise if an image id of ``images`` (``(image id, file name)`` pairs) repeats."""
+    images = list(images)
+    ids = Counter(image_id for image_id, _ in images)
+    duplicated = [i for i, n in ids.items() if n > 1]
+    if duplicated:
+        files = [str(name) for image_id, name in images if image_id == duplicated[0]]
+        raise DatasetError(
+            f"{_source(dataset_name)}: {len(duplicated)} image ids occur more than once, e.g. "
+            f"image id {duplicated[0]} for {', '.join(files[:SHOWN_FILES])}. Image ids must "
+            "be unique (COCO evaluation matches detections to images by id)."
+        )
+
+
 def _box_problem(
     dataset_name: str, record: Dict[str, Any], index: int, anno: Dict[str, Any], classes: int
 ) -> Optional[str]:
     """The policy-governed problem of one annotation (None if fine); raises for the others."""
-    where = _where(dataset_name, record, index, anno)
+
+    def where() -> str:
+        return _where(dataset_name, record, index, anno)
+
     category = anno.get("category_id")
-    if classes and not (isinstance(category, int) and 0 <= category < classes):
+    integral = isinstance(category, numbers.Integral) and not isinstance(category, bool)
+    if classes and not (integral and 0 <= category < classes):
         raise DatasetError(
-            f"{where}: category id {category} is not one of the dataset's {classes} classes."
+            f"{where()}: category id {category} is not one of the dataset's {classes} classes."
         )
     if "bbox" not in anno or len(anno["bbox"]) != 4:
-        raise DatasetError(f"{where}: no 4-number 'bbox' ({anno.get('bbox')}).")
+        raise DatasetError(f"{where()}: no 4-number 'bbox' ({anno.get('bbox')}).")
     x, y, w, h = box = _xywh(anno)
     if not all(math.isfinite(v) for v in box):
-        raise DatasetError(f"{where}: bbox {anno['bbox']} has a non-finite coordinate.")
+        raise DatasetError(f"{where()}: bbox {anno['bbox']} has a non-finite coordinate.")
     if w < 0 or h < 0:
         raise DatasetError(
-            f"{where}: bbox {anno['bbox']} has a negative width or height. COCO boxes are "
+            f"{where()}: bbox {anno['bbox']} has a negative width or height. COCO boxes are "
             "[x, y, width, height]; a file with [x1, y1, x2, y2] boxes must be converted."
         )
     if w == 0 or h == 0:
@@ -139,15 +164,9 @@ def check_annotations(
         raise ValueError(
             f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got {invalid_boxes!r}."
         )
-    ids = Counter(d.get("image_id") for d in dicts if "image_id" in d)
-    duplicated = [i for i, n in ids.items() if n > 1]
-    if duplicated:
-        files = [d.get("file_name") for d in dicts if d.get("image_id") == duplicated[0]]
-        raise DatasetError(
-            f"{_source(dataset_name)}: {len(duplicated)} image ids occur more than once, e.g. "
-            f"image id {duplicated[0]} for {', '.join(map(str, files[:3]))}. Image ids must be "
-            "unique (COCO evaluation matches detections to images by id)."
-        )
+    _refuse_duplicated_ids(
+        dataset_name, ((d["image_id"], d.get("file_name")) for d in dicts if "image_id" in d)
+    )
     classes = len(MetadataCatalog.get(dataset_name).get("thing_classes", []) or [])
     counts: Counter = Counter()
     example: Dict[str, str] = {}
@@ -162,7 +181,7 @@ def check_annotations(
             where = _where(dataset_name, record, index, anno)
             if invalid_boxes == ERROR:
                 raise DatasetError(
-                    f"{where}: bbox {anno['bbox']} has {problem}. Fix the annotation, or set "
+                    f"{where}: bbox {anno['bbox']} is {problem}. Fix the annotation, or set "
                     'DATASETS.INVALID_BOXES "drop" to leave such boxes out of training.'
                 )
             counts[problem] += 1
@@ -171,7 +190,7 @@ def check_annotations(
             record = dict(record, annotations=kept)
         checked.append(record)
     if counts:
-        summary = "; ".join(f"{n} with {p} (e.g. {example[p]})" for p, n in counts.items())
+        summary = "; ".join(f"{n} {p} (e.g. {example[p]})" for p, n in counts.items())
         consequence = (
             "dropped from training"
             if training
@@ -192,15 +211,9 @@ def check_coco_json(json_file: str, dataset_name: str) -> None:
     of them) or with annotations of undeclared categories."""
     with open(json_file) as f:
         coco = json.load(f)
-    ids = Counter(image["id"] for image in coco.get("images", []))
-    duplicated = [i for i, n in ids.items() if n > 1]
-    if duplicated:
-        files = [im.get("file_name") for im in coco["images"] if im["id"] == duplicated[0]]
-        raise DatasetError(
-            f"{_source(dataset_name)}: {len(duplicated)} image ids occur more than once, e.g. "
-            f"image id {duplicated[0]} for {', '.join(map(str, files[:3]))}. Image ids must be "
-            "unique (COCO evaluation matches detections to images by id)."
-        )
+    _refuse_duplicated_ids(
+        dataset_name, ((im["id"], im.get("file_name")) for im in coco.get("images", []))
+    )
     known = {c["id"] for c in coco.get("categories", [])}
     unknown = [a for a in coco.get("annotations", []) if a.get("category_id") not in known]
     if unknown:
@@ -209,7 +222,7 @@ def check_coco_json(json_file: str, dataset_name: str) -> None:
             f"{_source(dataset_name)}: {len(unknown)} annotations have a category id that "
             f"'categories' does not declare, e.g. annotation id {first.get('id')} of image id "
             f"{first.get('image_id')} with category_id {first.get('category_id')} (declared: "
-            f"{sorted(known)[:20]}). Add the category or fix the annotation."
+            f"{sorted(known)[:SHOWN_CATEGORIES]}). Add the category or fix the annotation."
         )
 
 
@@ -232,7 +245,7 @@ def load_checked_dataset(
     dicts: List[Dict[str, Any]] = []
     for name in names:
         try:
-            loaded = get_detection_dataset_dicts([name], filter_empty=filter_empty)
+            loaded = get_detection_dataset_dicts([name], filter_empty=False)
         except KeyError:  # Detectron2's COCO loader: an undeclared category id
             json_file = MetadataCatalog.get(name).get("json_file", None)
             if json_file:
@@ -240,4 +253,10 @@ def load_checked_dataset(
             raise
         check_num_classes(name, loaded, num_classes)
         dicts.extend(check_annotations(name, loaded, invalid_boxes, training))
+    if len(names) > 1:
+        check_metadata_consistency("thing_classes", list(names))
+    if filter_empty:  # after the checks, which may have dropped every box of an image
+        kept = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d.get("annotations", []))]
+        logger.info("Left out %d images without objects.", len(dicts) - len(kept))
+        dicts = kept
     return dicts

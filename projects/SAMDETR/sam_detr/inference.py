@@ -21,9 +21,26 @@ __all__ = ["FoldedConv2d", "fold_frozen_batchnorm", "prepare_for_inference"]
 logger = logging.getLogger(__name__)
 
 
+# Why a folded model refuses to train or load weights.
+FOLDED_IS_FINAL = (
+    "frozen BatchNorm is folded into the convolutions for inference (prepare_for_inference), "
+    "so new weights or training would not reach the folded copies: load the weights and train "
+    "before preparing the model, or build a new one."
+)
+
+
 class FoldedConv2d(Conv2d):
     """Detectron2's ``Conv2d`` whose frozen BatchNorm is folded into ``folded_weight`` and
-    ``folded_bias`` (non-persistent buffers); its own parameters and norm stay, unused."""
+    ``folded_bias`` (non-persistent buffers); its own parameters and norm stay, unused. It
+    refuses to load a state_dict or to enter training mode (the folded copies would be stale)."""
+
+    def train(self, mode: bool = True) -> "FoldedConv2d":
+        if mode:
+            raise RuntimeError(f"Cannot train this model: {FOLDED_IS_FINAL}")
+        return super().train(False)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        raise RuntimeError(f"Cannot load weights into this model: {FOLDED_IS_FINAL}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(

@@ -77,7 +77,9 @@ class HungarianMatcher(nn.Module):
         cost = (cost + self.cost_giou * cost_giou).view(B, N, -1).cpu()
         # Non-finite predictions (a diverged forward pass) are matched last; their losses are
         # non-finite too, and the training step skips the update.
-        cost = torch.nan_to_num(cost, nan=NON_FINITE_COST, posinf=NON_FINITE_COST)
+        cost = torch.nan_to_num(
+            cost, nan=NON_FINITE_COST, posinf=NON_FINITE_COST, neginf=-NON_FINITE_COST
+        )
         indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
         return [
             (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64))

@@ -81,7 +81,7 @@ class SAMDETR(nn.Module):
         detections_per_image: int,
         score_threshold: float,
         strict_weights: bool = True,
-        channels_last: bool = False,
+        channels_last: bool = True,
         inference_precision: Optional[Precision] = None,
     ) -> None:
         """

@@ -9,7 +9,7 @@ every mode (the model turns autocast off around them).
 
 import contextlib
 import logging
-from typing import Any, ContextManager, Dict, Optional
+from typing import Any, ContextManager, Dict, Optional, Union
 
 import torch
 
@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Values of SOLVER.AMP.DTYPE.
+AMP_DTYPES = (AUTO, *DTYPES)
 
 
 class Precision:
@@ -103,7 +105,9 @@ def cpu_has_native_bfloat16() -> bool:
     )
 
 
-def build_precision(enabled: bool, dtype: str, device: torch.device, scale: bool) -> Precision:
+def build_precision(
+    enabled: bool, dtype: str, device: Union[str, torch.device], scale: bool
+) -> Precision:
     """The precision for ``device``.
 
     Args:
@@ -116,10 +120,8 @@ def build_precision(enabled: bool, dtype: str, device: torch.device, scale: bool
     if not enabled:
         return Precision()
     device = torch.device(device)
-    if dtype != AUTO and dtype not in DTYPES:
-        raise ValueError(
-            f"SOLVER.AMP.DTYPE must be {AUTO!r}, 'float16' or 'bfloat16', got {dtype!r}."
-        )
+    if dtype not in AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {AMP_DTYPES}, got {dtype!r}.")
     if dtype == AUTO:
         dtype = "float16" if device.type == "cuda" else "bfloat16"
     if device.type == "cpu" and dtype == "float16":

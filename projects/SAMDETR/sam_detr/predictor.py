@@ -60,6 +60,14 @@ class SAMDETRPredictor(DefaultPredictor):
 
     def __init__(self, cfg: CfgNode) -> None:  # pylint: disable=super-init-not-called
         # DefaultPredictor.__init__ would load the weights with the lenient checkpointer.
+        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {cfg.INPUT.FORMAT!r}.")
+        if not cfg.MODEL.WEIGHTS and cfg.MODEL.SAM_DETR.STRICT_WEIGHTS:
+            raise ValueError(
+                "MODEL.WEIGHTS is empty: the predictor would detect with random weights. Set "
+                "it to a checkpoint (or MODEL.SAM_DETR.STRICT_WEIGHTS False to accept random "
+                "weights, e.g. for timing)."
+            )
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         if len(cfg.DATASETS.TEST):
@@ -70,8 +78,6 @@ class SAMDETRPredictor(DefaultPredictor):
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
         self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}.")
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """Detections ``{"instances": Instances}`` of one ``H x W x 3`` uint8 BGR image."""

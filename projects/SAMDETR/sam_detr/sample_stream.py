@@ -22,7 +22,13 @@ from detectron2.data.build import trivial_batch_collator
 from detectron2.data.common import DatasetFromList
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["SampleStream", "StreamBatches", "build_stream_loader", "derive_seed"]
+__all__ = [
+    "SampleStream",
+    "StreamBatches",
+    "build_stream_loader",
+    "derive_seed",
+    "serialize_dataset",
+]
 
 # Purposes of the seeds derived from a run's seed (one independent stream each).
 SHUFFLE_SEED, AUGMENT_SEED, STEP_SEED = 0, 1, 2
@@ -35,6 +41,14 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0]) % (1 << SEED_BITS)
 
 
+def serialize_dataset(dataset: Sequence[Dict[str, Any]]) -> DatasetFromList:
+    """``dataset`` serialised once, shared by the data-loader workers without copies (as
+    Detectron2's loaders do)."""
+    if isinstance(dataset, DatasetFromList):
+        return dataset
+    return DatasetFromList(list(dataset), copy=False, serialize=True)
+
+
 class SampleStream(Dataset):
     """Map-style view of the infinite training stream: ``stream[p]`` is the mapped sample at
     position ``p`` (see the module docstring)."""
@@ -44,8 +58,7 @@ class SampleStream(Dataset):
     ) -> None:
         if not len(dataset):
             raise ValueError("The training dataset is empty.")
-        # Serialised once, shared by the data-loader workers without copies (as Detectron2).
-        self._dataset = DatasetFromList(list(dataset), copy=False, serialize=True)
+        self._dataset = serialize_dataset(dataset)
         self._mapper = mapper
         self._seed = seed
         self._epoch = -1

@@ -62,6 +62,8 @@ class SemanticsAligner(nn.Module):
         self.roi_align = ROI_ALIGN_IMPLEMENTATIONS[roi_align]
         self.predict_scales = predict_scales
         self.outputs_per_point = POINT_DIMS * (2 if predict_scales else 1)
+        # A 1x1 convolution (its state_dict keys as in the official model); forward applies
+        # its weights as one F.linear on the channels-last region instead of calling it.
         self.point_conv = nn.Conv2d(dim, point_conv_dim, kernel_size=1)
         self.point_mlp = MLP(
             point_conv_dim * roi_size * roi_size,

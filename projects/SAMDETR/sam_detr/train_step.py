@@ -17,7 +17,7 @@ computes what an uninterrupted one does.
 
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import detectron2.utils.comm as comm
 import numpy as np
@@ -129,7 +129,10 @@ class SAMDETRTrainStep(TrainerBase):
                 buffer.copy_(saved)
             self._skip(loss_dict, grad_norm, loss_finite)
 
-    def _finite_on_all_ranks(self, losses: torch.Tensor, grad_norm: torch.Tensor):
+    def _finite_on_all_ranks(
+        self, losses: torch.Tensor, grad_norm: torch.Tensor
+    ) -> Tuple[bool, bool]:
+        """Whether the loss and the gradients are finite on every process."""
         flags = torch.stack([torch.isfinite(losses), torch.isfinite(grad_norm)]).to(torch.int32)
         if comm.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)

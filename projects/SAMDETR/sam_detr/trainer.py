@@ -24,7 +24,7 @@ from .dataset_mapper import DetrDatasetMapper
 from .environment import has_compiled_ops
 from .launch import create_ddp_model
 from .precision import build_precision
-from .sample_stream import SampleStream, build_stream_loader
+from .sample_stream import SampleStream, build_stream_loader, serialize_dataset
 from .solver import FULL_MODEL_CLIP_TYPE, build_optimizer
 from .train_step import NonFiniteTrainingError, SAMDETRTrainStep
 
@@ -95,14 +95,16 @@ class Trainer(DefaultTrainer):
         _check_loader_config(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        dataset = self.build_train_dataset(cfg)
+        # Serialised once: the dicts themselves are not kept (data-loader workers would copy
+        # their pages as Python touches reference counts).
+        records = serialize_dataset(self.build_train_dataset(cfg))
         model = create_ddp_model(model, broadcast_buffers=False)
         clip = cfg.SOLVER.CLIP_GRADIENTS
         full_model_clip = clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL_CLIP_TYPE
         self._trainer = SAMDETRTrainStep(
             model,
             optimizer,
-            loader_factory=functools.partial(self.build_stream_loader, cfg, dataset),
+            loader_factory=functools.partial(self.build_stream_loader, cfg, records),
             precision=build_precision(
                 cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=True
             ),
@@ -153,7 +155,7 @@ class Trainer(DefaultTrainer):
         return cls.build_stream_loader(cfg, cls.build_train_dataset(cfg), max(cfg.SEED, 0), 0)
 
     @classmethod
-    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
         dataset = load_checked_dataset(
             [dataset_name],
             cfg.MODEL.SAM_DETR.NUM_CLASSES,
@@ -171,7 +173,9 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> COCOEvaluator:
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(
@@ -198,7 +202,9 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume: bool = True) -> None:
         """Continue from the newest good checkpoint of ``OUTPUT_DIR`` (``resume``), else load
         ``MODEL.WEIGHTS`` (a backbone-only checkpoint or another class count are allowed)."""
-        if resume and self.checkpointer.resume_last():
+        if resume and comm.is_main_process():
+            self.checkpointer.remove_interrupted_saves()
+        if resume and self.checkpointer.resume_last() is not None:
             # The checkpoint holds the iteration that had just finished.
             self.start_iter = self.iter + 1
             logger.info("Resuming at iteration %d", self.start_iter)
@@ -219,8 +225,11 @@ class Trainer(DefaultTrainer):
         try:
             self._trainer.run_step()
         except NonFiniteTrainingError as e:
-            last = self.checkpointer.get_checkpoint_file() if comm.is_main_process() else None
+            if comm.is_main_process():
+                last = self.checkpointer.get_checkpoint_file() or "none"
+            else:
+                last = "see the main process's log"
             raise NonFiniteTrainingError(
-                f"{e} Last checkpoint: {last or 'none'}. Lower SOLVER.BASE_LR or check the "
+                f"{e} Last checkpoint: {last}. Lower SOLVER.BASE_LR or check the "
                 "data, then continue with --resume."
             ) from e
