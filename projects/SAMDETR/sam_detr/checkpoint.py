@@ -450,17 +450,17 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
                     continue
                 logger.warning("Removed %s, left by an interrupted save.", name)
 
-    def _try_resume_from(self, path: str) -> Tuple[Optional[Dict[str, Any]], str]:
-        """``(leftover checkpoint data, "")`` after loading ``path``, or ``(None, reason)``;
-        raises :class:`WeightsMismatchError` (another architecture is not a damaged file)."""
+    def _try_resume_from(self, path: str) -> Tuple[Optional[Dict[str, Any]], str, bool]:
+        """``(leftover checkpoint data, "", False)`` after loading ``path``, or ``(None,
+        reason, mismatch)``: ``mismatch`` when the file is fine but does not fit the model."""
         if not os.path.isfile(path):
-            return None, f"'{path}' does not exist"
+            return None, f"'{path}' does not exist", False
         try:
-            return self.load(path), ""
-        except WeightsMismatchError:
-            raise
+            return self.load(path), "", False
+        except WeightsMismatchError as e:
+            return None, str(e), True
         except CheckpointError as e:
-            return None, str(e)
+            return None, str(e), False
 
     def resume_last(self) -> Optional[Dict[str, Any]]:
         """Load the newest readable checkpoint of ``save_dir`` with all checkpointables and
@@ -477,8 +477,12 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
         reasons = []
         try:
             for path in candidates:
-                loaded, reason = self._try_resume_from(path)
-                failures = [r for r in comm.all_gather(reason) if r]
+                loaded, reason, mismatch = self._try_resume_from(path)
+                outcomes = comm.all_gather((reason, mismatch))  # every process decides alike
+                mismatches = [r for r, m in outcomes if m]
+                if mismatches:  # another architecture is not a damaged file
+                    raise WeightsMismatchError(mismatches[0])
+                failures = [r for r, _ in outcomes if r]
                 if not failures:
                     self.logger.info("Resumed from %s", path)
                     return loaded
