@@ -2,20 +2,8 @@
 iteration (min / median / max), images per second, peak memory and, with ``--profile``, the
 top operators."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-from train_net_helpers import TINY_CONFIG
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from train_net_helpers import TINY_CONFIG, load_tool
 
 
 @pytest.mark.parametrize(
@@ -23,7 +11,7 @@ def load_tool():
     [("train", ["SOLVER.AMP.ENABLED", "True"]), ("inference", ["--profile"])],
 )
 def test_benchmark_reports_times_speed_and_memory(task, extra, capsys):
-    tool = load_tool()
+    tool = load_tool("benchmark")
     options = [o for o in extra if o.startswith("--")]
     overrides = [o for o in extra if not o.startswith("--")]
     result = tool.main(

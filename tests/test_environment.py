@@ -5,12 +5,10 @@ naming it while Detectron2's environment report still works; the pycocotools COC
 facts computed here, in-process and as ``python -m sam_detr.environment``; the installer keeps
 an importable Detectron2 (path a) without touching it. Real installs, no mocks."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Dict, List
 
 import cv2
@@ -20,6 +18,7 @@ import pytest
 import torch
 import torchvision
 from sam_detr import environment
+from train_net_helpers import load_tool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALLER = REPO_ROOT / "tools" / "install_detectron2.py"
@@ -35,14 +34,6 @@ requires_fallback = pytest.mark.skipif(
     environment.detectron2_origin() != environment.ORIGIN_FALLBACK,
     reason="the Detectron2 that imports is not the pb1-detectron2 fallback",
 )
-
-
-def load_installer() -> ModuleType:
-    """tools/install_detectron2.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("install_detectron2", INSTALLER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_trainer_data_and_evaluation_modules_import() -> None:
@@ -77,7 +68,7 @@ def test_detectron2_environment_report_works_on_the_placeholder() -> None:
 
 
 def test_placeholder_marker_matches_the_installer() -> None:
-    assert load_installer().PLACEHOLDER_MARKER == environment.PLACEHOLDER_MARKER
+    assert load_tool("install_detectron2").PLACEHOLDER_MARKER == environment.PLACEHOLDER_MARKER
 
 
 def expected_facts() -> Dict[str, object]:

@@ -7,7 +7,6 @@ registration, atomic and concurrent generation) uses a few-image spec in a tempo
 """
 
 import dataclasses
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -33,6 +32,7 @@ from sam_detr.data import (
     render_sample,
     synthetic,
 )
+from train_net_helpers import load_tool
 
 FILE_SPEC = dataclasses.replace(TINY_SPEC, num_train=10, num_val=4)
 PROPERTY_IMAGES = 300  # default-spec images rendered for the statistical checks
@@ -43,7 +43,6 @@ MIN_TEXTURE_STD = 3.0  # grey levels between background block means (noise alone
 MIN_BACKGROUND_STD = 4.0  # grey levels of object-free pixels
 MAX_CLASS_COLOUR_DEVIATION = 25.0  # grey levels of a class mean colour from the overall mean
 CHANCE_MARGIN = 0.1  # colour-only classification may beat chance by at most this much
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -288,11 +287,7 @@ def test_preview_and_tool(
     grid = cv2.imread(str(path))
     assert grid.shape[0] > 2 * FILE_SPEC.image_size and grid.shape[1] > 3 * FILE_SPEC.image_size
 
-    module_spec = importlib.util.spec_from_file_location(
-        "make_synthetic_dataset", REPO_ROOT / "tools" / "make_synthetic_dataset.py"
-    )
-    tool = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(tool)
+    tool = load_tool("make_synthetic_dataset")
     argv = ["x", "--out", str(tmp_path / "tool"), "--num-train", "3", "--num-val", "2"]
     argv += ["--image-size", "64", "--preview", str(tmp_path / "tool.png")]
     monkeypatch.setattr(sys, "argv", argv)

@@ -1,12 +1,14 @@
 """Helpers of the training tests: a tiny user-style COCO dataset written to disk (coloured
 squares and discs of two classes on noise, with an empty image and a zero-area box), the
-tiny config, and running ``train_net.py`` in a subprocess."""
+tiny config, running ``train_net.py`` in a subprocess, and loading a script of ``tools/``."""
 
+import importlib.util
 import json
 import os
 import resource
 import subprocess
 import sys
+from types import ModuleType
 from typing import Callable, Dict, List, Optional, Sequence
 
 import cv2
@@ -20,6 +22,14 @@ TINY_CONFIG = os.path.join(REPO, "configs", "demo", "tiny_test.yaml")
 PYTHONPATH = os.path.join(REPO, "projects", "SAMDETR")
 IMAGE_SIZE = 64
 CATEGORIES = [{"id": 1, "name": "square"}, {"id": 7, "name": "disc"}]
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` as a module (``tools/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_tiny_coco(root: str, num_images: int, seed: int, categories=CATEGORIES) -> str:
