@@ -47,7 +47,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-size", default="800x1216", help="HEIGHTxWIDTH of every image")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
-    parser.add_argument("--device", default=None, help="default: MODEL.DEVICE, or cpu without CUDA")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print the top operators")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")

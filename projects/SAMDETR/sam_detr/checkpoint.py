@@ -57,7 +57,9 @@ LAST_CHECKPOINT = "last_checkpoint"
 RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
 # Temporary files of an interrupted save: "." + final name + random part + this suffix.
 TEMP_SUFFIX = ".tmp"
-INTERRUPTED_SAVE = re.compile(r"^\.(model_(\d+|final)\.pth|last_checkpoint)\..+\.tmp$")
+INTERRUPTED_SAVE = re.compile(
+    rf"^\.({RUN_CHECKPOINT.pattern[1:-1]}|{LAST_CHECKPOINT})\..+{re.escape(TEMP_SUFFIX)}$"
+)
 # Permissions of written files before the umask, as open() gives them.
 FILE_MODE = 0o666
 # Every zip archive (torch.save's format) starts with these bytes.

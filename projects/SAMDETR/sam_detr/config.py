@@ -6,8 +6,8 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .dataset_checks import INVALID_BOX_POLICIES
-from .precision import AMP_DTYPES
+from .dataset_checks import check_invalid_box_policy
+from .precision import check_amp_dtype
 from .roi_align import ROI_ALIGN_IMPLEMENTATIONS
 
 
@@ -141,12 +141,5 @@ def validate_sam_detr_config(cfg: CN) -> None:
         )
     if not 0 <= c.DROPOUT < 1:
         raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")
-    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
-        raise ValueError(
-            f"SOLVER.AMP.DTYPE must be one of {AMP_DTYPES}, got {cfg.SOLVER.AMP.DTYPE!r}."
-        )
-    if cfg.DATASETS.INVALID_BOXES not in INVALID_BOX_POLICIES:
-        raise ValueError(
-            f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got "
-            f"{cfg.DATASETS.INVALID_BOXES!r}."
-        )
+    check_amp_dtype(cfg.SOLVER.AMP.DTYPE)
+    check_invalid_box_policy(cfg.DATASETS.INVALID_BOXES)

@@ -31,6 +31,7 @@ __all__ = [
     "DatasetError",
     "INVALID_BOX_POLICIES",
     "check_annotations",
+    "check_invalid_box_policy",
     "check_coco_json",
     "check_num_classes",
     "load_checked_dataset",
@@ -109,6 +110,14 @@ def _xywh(anno: Dict[str, Any]) -> List[float]:
     return box
 
 
+def check_invalid_box_policy(policy: str) -> None:
+    """Raise ``ValueError`` unless ``policy`` is a value of ``DATASETS.INVALID_BOXES``."""
+    if policy not in INVALID_BOX_POLICIES:
+        raise ValueError(
+            f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got {policy!r}."
+        )
+
+
 def _refuse_duplicated_ids(dataset_name: str, images: Iterable[Tuple[Any, Any]]) -> None:
     """Raise if an image id of ``images`` (``(image id, file name)`` pairs) repeats."""
     images = list(images)
@@ -160,10 +169,7 @@ def check_annotations(
 ) -> List[Dict[str, Any]]:
     """Check ``dicts`` of ``dataset_name`` (see the module docstring); return them with the
     policy-governed invalid boxes dropped (training) or kept (evaluation)."""
-    if invalid_boxes not in INVALID_BOX_POLICIES:
-        raise ValueError(
-            f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got {invalid_boxes!r}."
-        )
+    check_invalid_box_policy(invalid_boxes)
     _refuse_duplicated_ids(
         dataset_name, ((d["image_id"], d.get("file_name")) for d in dicts if "image_id" in d)
     )
@@ -255,7 +261,9 @@ def load_checked_dataset(
         dicts.extend(check_annotations(name, loaded, invalid_boxes, training))
     if len(names) > 1:
         check_metadata_consistency("thing_classes", list(names))
-    if filter_empty:  # after the checks, which may have dropped every box of an image
+    # After the checks, which may have dropped every box of an image. (Detectron2's
+    # filter_images_with_only_crowd_annotations does the same, with another signature in 0.6.)
+    if filter_empty:
         kept = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d.get("annotations", []))]
         logger.info("Left out %d images without objects.", len(dicts) - len(kept))
         dicts = kept

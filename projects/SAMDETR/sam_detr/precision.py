@@ -13,7 +13,13 @@ from typing import Any, ContextManager, Dict, Optional, Union
 
 import torch
 
-__all__ = ["Precision", "MixedPrecision", "ScaledMixedPrecision", "build_precision"]
+__all__ = [
+    "Precision",
+    "MixedPrecision",
+    "ScaledMixedPrecision",
+    "build_precision",
+    "check_amp_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +111,12 @@ def cpu_has_native_bfloat16() -> bool:
     )
 
 
+def check_amp_dtype(dtype: str) -> None:
+    """Raise ``ValueError`` unless ``dtype`` is a value of ``SOLVER.AMP.DTYPE``."""
+    if dtype not in AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {AMP_DTYPES}, got {dtype!r}.")
+
+
 def build_precision(
     enabled: bool, dtype: str, device: Union[str, torch.device], scale: bool
 ) -> Precision:
@@ -120,8 +132,7 @@ def build_precision(
     if not enabled:
         return Precision()
     device = torch.device(device)
-    if dtype not in AMP_DTYPES:
-        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {AMP_DTYPES}, got {dtype!r}.")
+    check_amp_dtype(dtype)
     if dtype == AUTO:
         dtype = "float16" if device.type == "cuda" else "bfloat16"
     if device.type == "cpu" and dtype == "float16":
