@@ -9,6 +9,16 @@ from detectron2.config import get_cfg
 from .dataset_checks import check_invalid_box_policy
 from .precision import check_amp_dtype
 from .roi_align import ROI_ALIGN_IMPLEMENTATIONS
+from .semantics_aligner import QUERY_RESAMPLING, SEARCH_RANGES
+
+# The ablation keys and their defaults (the paper's model); the baseline takes no other value.
+_SAM_ABLATION_DEFAULTS = {
+    "QUERY_RESAMPLING": "salient_points",
+    "NUM_SALIENT_POINTS": 0,
+    "SEARCH_RANGE": "box",
+    "REWEIGHTING": True,
+    "SMCA": False,
+}
 
 
 def add_sam_detr_config(cfg: CN) -> None:
@@ -40,6 +50,20 @@ def add_sam_detr_config(cfg: CN) -> None:
     # torchvision's CPU kernel, same numbers) and uses torchvision's kernel on GPUs;
     # "torchvision" uses torchvision's kernel everywhere.
     _C.ROI_ALIGN = "auto"
+    # ---- Ablations of the paper (Tables 1-3); the defaults are the paper's model ----
+    # False: the paper's baseline, DETR with aligned setups (300 queries, focal loss): learnable
+    # query positions, plain cross-attention, no Semantics Aligner nor reference boxes.
+    _C.SEMANTIC_ALIGNED_MATCHING = True
+    # How the Semantics Aligner re-samples a query from its RoI: "salient_points" (the paper's),
+    # or the RoI's "avg_pool" / "max_pool" for every head, positioned at the box centre.
+    _C.QUERY_RESAMPLING = "salient_points"
+    # Salient points per query: 0 = one per attention head (SP x8); 1 = one shared by all (SP x1).
+    _C.NUM_SALIENT_POINTS = 0
+    # Where salient points are searched: "box" (inside the reference box, the paper's) or
+    # "image" (box centre plus an offset in units of the image, sampled from the whole map).
+    _C.SEARCH_RANGE = "box"
+    # Reweighting of the re-sampled queries and positions by the previous queries (RW).
+    _C.REWEIGHTING = True
     # Channels of the 1x1 conv that compresses RoI features before salient-point search.
     _C.POINT_CONV_DIM = 64
     # Hidden widths of the MLP predicting salient points from the flattened RoI features.
@@ -141,5 +165,40 @@ def validate_sam_detr_config(cfg: CN) -> None:
         )
     if not 0 <= c.DROPOUT < 1:
         raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")
+    _validate_ablations(c)
     check_amp_dtype(cfg.SOLVER.AMP.DTYPE)
     check_invalid_box_policy(cfg.DATASETS.INVALID_BOXES)
+
+
+def _validate_ablations(c: CN) -> None:
+    """Refuse ablation keys with unknown values or combinations without a meaning."""
+    for key, allowed in (("QUERY_RESAMPLING", QUERY_RESAMPLING), ("SEARCH_RANGE", SEARCH_RANGES)):
+        if c[key] not in allowed:
+            raise ValueError(
+                f"MODEL.SAM_DETR.{key} must be one of {list(allowed)}, got {c[key]!r}."
+            )
+    if c.NUM_SALIENT_POINTS not in (0, 1, c.NHEADS):
+        raise ValueError(
+            "MODEL.SAM_DETR.NUM_SALIENT_POINTS must be 0 (one per head), 1 (shared by all "
+            f"heads) or NHEADS={c.NHEADS}, got {c.NUM_SALIENT_POINTS}."
+        )
+    if not c.SEMANTIC_ALIGNED_MATCHING:
+        changed = [k for k, default in _SAM_ABLATION_DEFAULTS.items() if c[k] != default]
+        if changed:
+            raise ValueError(
+                "MODEL.SAM_DETR.SEMANTIC_ALIGNED_MATCHING False is the baseline DETR, which has "
+                f"no Semantics Aligner: leave MODEL.SAM_DETR.{', '.join(changed)} at the "
+                "default."
+            )
+    elif c.QUERY_RESAMPLING != "salient_points":
+        changed = [
+            k
+            for k in ("NUM_SALIENT_POINTS", "SEARCH_RANGE", "SMCA")
+            if c[k] != _SAM_ABLATION_DEFAULTS[k]
+        ]
+        if changed:
+            raise ValueError(
+                f"MODEL.SAM_DETR.QUERY_RESAMPLING {c.QUERY_RESAMPLING!r} pools the reference box "
+                f"without salient points: MODEL.SAM_DETR.{', '.join(changed)} needs "
+                "QUERY_RESAMPLING 'salient_points'."
+            )

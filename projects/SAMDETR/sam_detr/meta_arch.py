@@ -21,7 +21,7 @@ from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
 from .precision import Precision, build_precision
-from .transformer import SAMLayerSpec, SAMTransformer
+from .transformer import DetectionTransformer, SAMLayerSpec, build_transformer
 
 __all__ = ["SAMDETR", "check_image"]
 
@@ -68,7 +68,7 @@ class SAMDETR(nn.Module):
         self,
         *,
         backbone: Backbone,
-        transformer: SAMTransformer,
+        transformer: DetectionTransformer,
         criterion: SetCriterion,
         num_classes: int,
         num_queries: int,
@@ -87,10 +87,12 @@ class SAMDETR(nn.Module):
         """
         Args:
             backbone: its last output feature feeds the transformer.
-            transformer: encoder + SAM decoder (owns the per-layer box heads).
+            transformer: encoder + SAM decoder (or the baseline's decoder); owns the per-layer
+                box heads.
             criterion: matching and weighted losses.
             num_classes: K foreground classes.
-            num_queries: N object queries (learnable reference boxes).
+            num_queries: N object queries, each with the learnable parameters the transformer
+                names (reference boxes; the baseline's query positions).
             input_proj_gn_groups: GroupNorm groups after the input projection; 0 for none.
             position_temperature: of the feature map's sine embedding.
             prior_prob: initial foreground probability of the class heads.
@@ -116,8 +118,10 @@ class SAMDETR(nn.Module):
         self.input_proj = nn.Sequential(*proj)
         self.position_embedding = MapPositionEmbedding(dim, position_temperature)
         self.transformer = transformer
-        # Learnable reference boxes: cx, cy, w, h before sigmoid, one per query.
-        self.reference_boxes = nn.Embedding(num_queries, 4)
+        # Learnable per-query parameters: SAM's reference boxes (``reference_boxes``, cx, cy,
+        # w, h before sigmoid) or the baseline's position embeddings (``query_pos``).
+        self.query_parameters_name, width = transformer.query_parameters
+        self.add_module(self.query_parameters_name, nn.Embedding(num_queries, width))
         bias = -math.log((1 - prior_prob) / prior_prob)
         self.class_embed = nn.ModuleList(
             nn.Linear(dim, num_classes) for _ in range(len(transformer.decoder))
@@ -157,8 +161,14 @@ class SAMDETR(nn.Module):
             smca_divisor=c.SMCA_DIVISOR,
             temperature=c.POSITION_TEMPERATURE,
             roi_align=c.ROI_ALIGN,
+            query_resampling=c.QUERY_RESAMPLING,
+            num_salient_points=c.NUM_SALIENT_POINTS,
+            search_range=c.SEARCH_RANGE,
+            reweighting=c.REWEIGHTING,
         )
-        transformer = SAMTransformer(layer_spec, c.ENC_LAYERS, c.DEC_LAYERS)
+        transformer = build_transformer(
+            layer_spec, c.ENC_LAYERS, c.DEC_LAYERS, c.SEMANTIC_ALIGNED_MATCHING
+        )
         criterion = SetCriterion(
             num_classes=c.NUM_CLASSES,
             matcher=matcher,
@@ -217,9 +227,8 @@ class SAMDETR(nn.Module):
         features = self.backbone(pixels)[self.in_feature]
         mask = downsample_mask(mask, features.shape[-2:])
         pos = self.position_embedding(mask).to(features.dtype)
-        hidden, boxes = self.transformer(
-            self.input_proj(features), pos, mask, self.reference_boxes.weight
-        )
+        query_parameters = getattr(self, self.query_parameters_name).weight
+        hidden, boxes = self.transformer(self.input_proj(features), pos, mask, query_parameters)
         logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden)])
         return logits, boxes
 

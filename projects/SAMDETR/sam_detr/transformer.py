@@ -1,10 +1,13 @@
 """The transformer of SAM-DETR: a DETR encoder over the flattened feature map, and the
 SAM decoder, whose layers re-sample their queries with the Semantics Aligner before a
 cross-attention in which each head matches one salient point, and whose reference boxes
-are refined layer by layer by per-layer box heads."""
+are refined layer by layer by per-layer box heads. ``build_transformer`` also offers the
+paper's baseline (Table 1, DETR with aligned setups): the same encoder and a plain DETR
+decoder, without semantic-aligned matching."""
 
+import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -12,7 +15,7 @@ from torch.nn import functional as F
 
 from .mlp import MLP
 from .position_encoding import embed_points
-from .semantics_aligner import SemanticsAligner
+from .semantics_aligner import build_semantics_aligner
 from .smca import smca_log_weights
 
 # Box heads: MLP(d -> d -> d -> 4), as DETR.
@@ -35,6 +38,11 @@ class SAMLayerSpec:
     smca_divisor: float  # [SMCA_DIVISOR]
     temperature: float  # of the sine embeddings [POSITION_TEMPERATURE]
     roi_align: str = "auto"  # RoIAlign implementation [ROI_ALIGN]
+    # Ablations of the paper's Tables 2-3; the defaults are the paper's model.
+    query_resampling: str = "salient_points"  # [QUERY_RESAMPLING]
+    num_salient_points: int = 0  # 0: one per head [NUM_SALIENT_POINTS]
+    search_range: str = "box"  # [SEARCH_RANGE]
+    reweighting: bool = True  # [REWEIGHTING]
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -49,6 +57,21 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, L, -1)
 
 
+def softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """The weights ``F.scaled_dot_product_attention`` applies, for visualisation only:
+    ``q (B, h, L, c)``, ``k (B, h, S, c)``, bias broadcastable -> ``(B, h, L, S)``."""
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return (logits if bias is None else logits + bias).softmax(dim=-1)
+
+
+def feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The post-norm FFN block of a layer with ``linear1``, ``linear2``, ``dropout`` and the
+    given norm applied by the caller: ``linear2(dropout(relu(linear1(x))))``."""
+    return layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
+
+
 def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``(B, S)`` bool, True on padding -> ``(B, 1, 1, S)`` additive bias (0 or -inf)."""
     bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
@@ -56,11 +79,11 @@ def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 class MapSelfAttention(nn.Module):
-    """Self-attention over the flattened map with positions added to queries and keys, the
-    parameters of ``nn.MultiheadAttention`` (same state_dict keys) and PyTorch's fused
-    attention. ``nn.MultiheadAttention`` transposes to sequence-first inside; under bfloat16
-    autocast its projections of the transposed input then copy the weight once per position
-    (a third of bfloat16 inference at 800x1216)."""
+    """Self-attention with positions added to queries and keys (the encoder's over the map, the
+    baseline decoder's over its queries), the parameters of ``nn.MultiheadAttention`` (same
+    state_dict keys) and PyTorch's fused attention. ``nn.MultiheadAttention`` transposes to
+    sequence-first inside; under bfloat16 autocast its projections of the transposed input
+    then copy the weight once per position (a third of bfloat16 inference at 800x1216)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
@@ -72,20 +95,57 @@ class MapSelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """``src, pos (B, HW, d)``, additive ``bias (B, 1, 1, HW)`` -> ``(B, HW, d)``."""
-        dim = src.shape[-1]
-        weight, in_bias = self.in_proj_weight, self.in_proj_bias
-        q, k = F.linear(src + pos, weight[: 2 * dim], in_bias[: 2 * dim]).chunk(2, dim=-1)
-        v = F.linear(src, weight[2 * dim :], in_bias[2 * dim :])
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Projected ``q (B, L, d)``, ``k, v (B, S, d)``, additive bias -> ``(B, L, d)``."""
         out = F.scaled_dot_product_attention(
             _split_heads(q, self.num_heads),
             _split_heads(k, self.num_heads),
             _split_heads(v, self.num_heads),
-            attn_mask=bias.to(q.dtype),
+            attn_mask=None if bias is None else bias.to(q.dtype),
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(_merge_heads(out))
+
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``src, pos (B, L, d)``, additive ``bias (B, 1, 1, L)`` or None -> ``(B, L, d)``."""
+        dim = src.shape[-1]
+        weight, in_bias = self.in_proj_weight, self.in_proj_bias
+        q, k = F.linear(src + pos, weight[: 2 * dim], in_bias[: 2 * dim]).chunk(2, dim=-1)
+        v = F.linear(src, weight[2 * dim :], in_bias[2 * dim :])
+        return self.attend(q, k, v, bias)
+
+
+class PositionalCrossAttention(MapSelfAttention):
+    """DETR's cross-attention: queries plus their position embeddings attend to the map plus
+    its sine embedding; values are the map. Parameters as ``nn.MultiheadAttention``."""
+
+    def project(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``queries, query_pos (B, N, d)``, ``memory, memory_pos (B, HW, d)`` -> q, k, v."""
+        weight, bias = self.in_proj_weight.chunk(3), self.in_proj_bias.chunk(3)
+        q = F.linear(queries + query_pos, weight[0], bias[0])
+        k = F.linear(memory + memory_pos, weight[1], bias[1])
+        return q, k, F.linear(memory, weight[2], bias[2])
+
+    def forward(self, queries, query_pos, memory, memory_pos, bias):
+        """Arguments of :meth:`project`, padding ``bias (B, 1, 1, HW)`` -> ``(B, N, d)``."""
+        return self.attend(*self.project(queries, query_pos, memory, memory_pos), bias)
+
+    def attention_weights(self, queries, query_pos, memory, memory_pos, bias) -> torch.Tensor:
+        """Visualisation only: the forward's arguments -> weights ``(B, heads, N, HW)``."""
+        q, k, _ = self.project(queries, query_pos, memory, memory_pos)
+        return softmax_attention(
+            _split_heads(q, self.num_heads), _split_heads(k, self.num_heads), bias
+        )
 
 
 class EncoderLayer(nn.Module):
@@ -103,8 +163,7 @@ class EncoderLayer(nn.Module):
     def forward(self, src: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``src, pos (B, HW, d)``, padding ``bias (B, 1, 1, HW)`` -> ``(B, HW, d)``."""
         src = self.norm1(src + self.dropout(self.self_attn(src, pos, bias)))
-        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout(hidden))
+        return self.norm2(src + self.dropout(feed_forward(self, src)))
 
 
 class QuerySelfAttention(nn.Module):
@@ -153,6 +212,18 @@ class SalientPointCrossAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         nn.init.zeros_(self.out_proj.bias)
 
+    def queries_and_keys(
+        self,
+        content: torch.Tensor,
+        position: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """q ``(B, M, N, d)`` and k ``(B, 1, HW, d)`` (shared by the heads)."""
+        q = (self.q_content_proj(content) + self.q_pos_proj(position)).transpose(1, 2)
+        k = (self.k_content_proj(memory) + self.k_pos_proj(memory_pos))[:, None]
+        return q, k
+
     def forward(
         self,
         content: torch.Tensor,
@@ -169,8 +240,7 @@ class SalientPointCrossAttention(nn.Module):
         Returns:
             ``(B, N, d)``.
         """
-        q = (self.q_content_proj(content) + self.q_pos_proj(position)).transpose(1, 2)
-        k = (self.k_content_proj(memory) + self.k_pos_proj(memory_pos))[:, None]
+        q, k = self.queries_and_keys(content, position, memory, memory_pos)
         v = _split_heads(self.v_proj(memory), self.num_heads)
         out = F.scaled_dot_product_attention(
             q,
@@ -180,6 +250,12 @@ class SalientPointCrossAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(_merge_heads(out))
+
+    def attention_weights(self, content, position, memory, memory_pos, attn_bias) -> torch.Tensor:
+        """Visualisation only: the forward's arguments -> weights ``(B, M, N, HW)``."""
+        return softmax_attention(
+            *self.queries_and_keys(content, position, memory, memory_pos), attn_bias
+        )
 
 
 class SAMDecoderLayer(nn.Module):
@@ -194,13 +270,17 @@ class SAMDecoderLayer(nn.Module):
         self.temperature = spec.temperature
         self.self_attn = QuerySelfAttention(dim, num_heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
-        self.semantics_aligner = SemanticsAligner(
-            dim=dim,
-            num_heads=num_heads,
-            roi_size=spec.roi_size,
+        self.semantics_aligner = build_semantics_aligner(
+            query_resampling=spec.query_resampling,
+            num_salient_points=spec.num_salient_points,
+            search_range=spec.search_range,
+            reweighting=spec.reweighting,
             point_conv_dim=spec.point_conv_dim,
             point_mlp_dims=spec.point_mlp_dims,
             predict_scales=spec.smca,
+            dim=dim,
+            num_heads=num_heads,
+            roi_size=spec.roi_size,
             temperature=spec.temperature,
             roi_align=spec.roi_align,
         )
@@ -245,34 +325,110 @@ class SAMDecoderLayer(nn.Module):
             )
         attended = self.cross_attn(aligned.content, aligned.position, memory, memory_pos, attn_bias)
         queries = self.norm2(queries + self.dropout(attended))
-
-        hidden = self.linear2(self.dropout(F.relu(self.linear1(queries))))
-        return self.norm3(queries + self.dropout(hidden))
+        return self.norm3(queries + self.dropout(feed_forward(self, queries)))
 
 
-class SAMTransformer(nn.Module):
-    """Encoder + SAM decoder with per-layer reference-box refinement."""
+class DETRDecoderLayer(nn.Module):
+    """The baseline's decoder layer (DETR, post-norm): self-attention and cross-attention with
+    the learnable query positions added to the queries, FFN; no Semantics Aligner."""
+
+    def __init__(self, spec: SAMLayerSpec) -> None:
+        super().__init__()
+        dim, num_heads, dropout = spec.dim, spec.num_heads, spec.dropout
+        self.self_attn = MapSelfAttention(dim, num_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn = PositionalCrossAttention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, spec.dim_feedforward)
+        self.linear2 = nn.Linear(spec.dim_feedforward, dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        padding_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """``queries, query_pos (B, N, d)``, ``memory, memory_pos (B, HW, d)``, padding bias
+        ``(B, 1, 1, HW)`` -> ``(B, N, d)``."""
+        queries = self.norm1(queries + self.dropout(self.self_attn(queries, query_pos, None)))
+        attended = self.cross_attn(queries, query_pos, memory, memory_pos, padding_bias)
+        queries = self.norm2(queries + self.dropout(attended))
+        return self.norm3(queries + self.dropout(feed_forward(self, queries)))
+
+
+class Encoder(nn.ModuleList):
+    """The DETR encoder: ``ENC_LAYERS`` encoder layers applied in turn."""
+
+    def __init__(self, spec: SAMLayerSpec, num_layers: int) -> None:
+        super().__init__(
+            EncoderLayer(spec.dim, spec.num_heads, spec.dim_feedforward, spec.dropout)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``src, pos (B, HW, d)``, padding ``bias (B, 1, 1, HW)`` -> ``(B, HW, d)``."""
+        for layer in self:
+            src = layer(src, pos, bias)
+        return src
+
+
+class DetectionTransformer(nn.Module):
+    """Encoder, a decoder of ``decoder_layer``s and per-layer box heads. Subclasses define
+    the decoder and the learnable per-query parameters the detector owns for them
+    (``query_parameters``: the name of its ``nn.Embedding`` and its width)."""
+
+    decoder_layer: type  # built from the SAMLayerSpec, DEC_LAYERS times
 
     def __init__(self, spec: SAMLayerSpec, enc_layers: int, dec_layers: int) -> None:
         super().__init__()
         dim = spec.dim
         self.dim = dim
-        self.encoder = nn.ModuleList(
-            EncoderLayer(dim, spec.num_heads, spec.dim_feedforward, spec.dropout)
-            for _ in range(enc_layers)
-        )
-        self.decoder = nn.ModuleList(SAMDecoderLayer(spec) for _ in range(dec_layers))
+        self.encoder = Encoder(spec, enc_layers)
+        self.decoder = nn.ModuleList(self.decoder_layer(spec) for _ in range(dec_layers))
         # Xavier on every matrix of the encoder and decoder layers (official init).
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-        # Box heads are created after the Xavier pass: default init, zero last layer.
+        # Box heads are created after the Xavier pass, with Linear's default init.
         self.bbox_embed = nn.ModuleList(
             MLP(dim, [dim] * (BOX_HEAD_LAYERS - 1), BOX_DIMS) for _ in range(dec_layers)
         )
+
+    @property
+    def query_parameters(self) -> Tuple[str, int]:
+        raise NotImplementedError
+
+    def encode(
+        self, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` -> encoded ``memory (B, HW, d)``, its
+        sine embedding ``(B, HW, d)`` and the padding bias ``(B, 1, 1, HW)``."""
+        memory = src.flatten(2).transpose(1, 2)
+        memory_pos = pos.flatten(2).transpose(1, 2)
+        bias = padding_bias(mask.flatten(1), memory.dtype)
+        return self.encoder(memory, memory_pos, bias), memory_pos, bias
+
+
+class SAMTransformer(DetectionTransformer):
+    """Encoder + SAM decoder with per-layer reference-box refinement."""
+
+    decoder_layer = SAMDecoderLayer
+
+    def __init__(self, spec: SAMLayerSpec, enc_layers: int, dec_layers: int) -> None:
+        super().__init__(spec, enc_layers, dec_layers)
+        # Box heads predict refinements: zero last layer (official init).
         for head in self.bbox_embed:
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
+
+    @property
+    def query_parameters(self) -> Tuple[str, int]:
+        """Learnable reference boxes: cx, cy, w, h before sigmoid, one per query."""
+        return "reference_boxes", BOX_DIMS
 
     def forward(
         self,
@@ -295,11 +451,7 @@ class SAMTransformer(nn.Module):
         valid_ratio = torch.stack(
             [(~mask[:, 0, :]).sum(1) / width, (~mask[:, :, 0]).sum(1) / height], dim=-1
         ).to(src.dtype)
-        memory = src.flatten(2).transpose(1, 2)
-        memory_pos = pos.flatten(2).transpose(1, 2)
-        bias = padding_bias(mask.flatten(1), memory.dtype)
-        for layer in self.encoder:
-            memory = layer(memory, memory_pos, bias)
+        memory, memory_pos, bias = self.encode(src, pos, mask)
 
         queries = memory.new_zeros(B, reference_logits.shape[0], self.dim)
         logits = reference_logits.expand(B, -1, -1)
@@ -314,3 +466,37 @@ class SAMTransformer(nn.Module):
             # Reference boxes of the next layer carry no gradient (official refinement).
             logits = logits.detach()
         return torch.stack(hidden_states), torch.stack(boxes)
+
+
+class BaselineDETRTransformer(DetectionTransformer):
+    """The paper's baseline (DETR with aligned setups): zero-initialised queries with learnable
+    position embeddings, plain cross-attention, boxes predicted directly by each layer's head."""
+
+    decoder_layer = DETRDecoderLayer
+
+    @property
+    def query_parameters(self) -> Tuple[str, int]:
+        """Learnable query position embeddings (DETR's ``query_embed``)."""
+        return "query_pos", self.dim
+
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, query_pos: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`SAMTransformer.forward`, with ``query_pos (N, d)``."""
+        memory, memory_pos, bias = self.encode(src, pos, mask)
+        query_pos = query_pos.expand(src.shape[0], -1, -1)
+        queries = torch.zeros_like(query_pos)
+        hidden_states, boxes = [], []
+        for layer, box_head in zip(self.decoder, self.bbox_embed):
+            queries = layer(queries, query_pos, memory, memory_pos, bias)
+            hidden_states.append(queries)
+            boxes.append(box_head(queries).sigmoid())
+        return torch.stack(hidden_states), torch.stack(boxes)
+
+
+def build_transformer(
+    spec: SAMLayerSpec, enc_layers: int, dec_layers: int, semantic_aligned_matching: bool
+) -> DetectionTransformer:
+    """SAM-DETR's transformer, or the baseline DETR's without semantic-aligned matching."""
+    transformer = SAMTransformer if semantic_aligned_matching else BaselineDETRTransformer
+    return transformer(spec, enc_layers, dec_layers)
