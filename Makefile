@@ -34,8 +34,8 @@ $(ENV_STAMP):
 	@echo "== build tools, then torch + torchvision (pinned in $(CONSTRAINTS)) =="
 	$(PIP_INSTALL) setuptools wheel
 	$(PIP_INSTALL) torch torchvision
-	@echo "== sam-detr (editable) and its dependencies; torch is kept by the constraints =="
-	$(PIP_INSTALL) --no-build-isolation -e ".[dev]"
+	@echo "== sam-detr (editable), its dependencies and the export extra; torch is kept =="
+	$(PIP_INSTALL) --no-build-isolation -e ".[dev,export]"
 	@echo "== detectron2: (a) keep an importable one, (b) upstream git, (c) pb1-detectron2 =="
 	$(VENV_PYTHON) tools/install_detectron2.py -c $(CONSTRAINTS)
 	@rm -f $(VENV)/.sam-detr-env-*

@@ -1,6 +1,10 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores, 10-21 minutes here), print Detectron2's COCO table and `copypaste:` lines, and draw
-# the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/.
+# cores, 10-21 minutes here), print Detectron2's COCO table and `copypaste:` lines, draw the
+# predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/, what the last
+# decoder layer looks at (reference boxes, salient points, attention maps per head) into
+# $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png; then export
+# the model to ONNX ($(DEMO_OUTPUT)/export/model.onnx) and check it with onnxruntime on the same
+# validation images (it prints the largest difference to PyTorch).
 # Included by the Makefile (`include demo.mk`), which provides the `env` target.
 PYTHON ?= .venv/bin/python
 DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
@@ -21,4 +25,10 @@ demo: env
 	&& $(DEMO_ENV) $(PYTHON) tools/visualize_predictions.py \
 		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/predictions \
 		--min-score $(DEMO_MIN_SCORE) MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
-	&& echo "make demo: done in $$(( $$(date +%s) - start )) s; predictions in $(DEMO_OUTPUT)/predictions/"
+	&& $(DEMO_ENV) $(PYTHON) tools/visualize_attention.py \
+		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/attention \
+		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
+	&& $(PYTHON) tools/plot_losses.py $(DEMO_OUTPUT)/metrics.json --output $(DEMO_OUTPUT)/losses.png \
+	&& $(DEMO_ENV) $(PYTHON) tools/export_model.py --config-file $(DEMO_OUTPUT)/config.yaml \
+		--format onnx --output $(DEMO_OUTPUT)/export MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
+	&& echo "make demo: done in $$(( $$(date +%s) - start )) s; pictures in $(DEMO_OUTPUT)/predictions/, $(DEMO_OUTPUT)/attention/ and $(DEMO_OUTPUT)/losses.png; ONNX model in $(DEMO_OUTPUT)/export/"

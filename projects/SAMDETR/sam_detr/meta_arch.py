@@ -219,11 +219,12 @@ class SAMDETR(nn.Module):
         return images, mask
 
     def forward_outputs(
-        self, images: ImageList, mask: torch.Tensor
+        self, pixels: torch.Tensor, mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Class logits ``(L, B, N, K)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in [0, 1]
-        of each unpadded image) of all L decoder layers."""
-        pixels = images.tensor.contiguous(memory_format=self.backbone_format)
+        """Normalised, padded images ``(B, C, H, W)`` and their padding mask ``(B, H, W)`` ->
+        class logits ``(L, B, N, K)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in [0, 1] of
+        each unpadded image) of all L decoder layers."""
+        pixels = pixels.contiguous(memory_format=self.backbone_format)
         features = self.backbone(pixels)[self.in_feature]
         mask = downsample_mask(mask, features.shape[-2:])
         pos = self.position_embedding(mask).to(features.dtype)
@@ -237,7 +238,7 @@ class SAMDETR(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         images, mask = self.preprocess_image(batched_inputs)
-        logits, boxes = self.forward_outputs(images, mask)
+        logits, boxes = self.forward_outputs(images.tensor, mask)
         targets = self.prepare_targets(
             [x["instances"].to(self.device) for x in batched_inputs], images.image_sizes
         )
@@ -273,7 +274,7 @@ class SAMDETR(nn.Module):
         layers, same keys)."""
         images, mask = self.preprocess_image(batched_inputs)
         with self.inference_precision.autocast():
-            logits, boxes = self.forward_outputs(images, mask)
+            logits, boxes = self.forward_outputs(images.tensor, mask)
         logits, boxes = logits.float(), boxes.float()
         if not do_postprocess:
             return {
@@ -290,6 +291,16 @@ class SAMDETR(nn.Module):
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed
 
+    def top_detections(
+        self, logits: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``k = min(detections_per_image, N * K)`` best (query, class) pairs by sigmoid
+        score of ``logits (B, N, K)``: scores, query indices and classes, each ``(B, k)``."""
+        N, K = logits.shape[-2:]
+        k = min(self.detections_per_image, N * K)
+        scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
+        return scores, index // K, index % K
+
     def detections(
         self,
         logits: torch.Tensor,
@@ -298,10 +309,7 @@ class SAMDETR(nn.Module):
     ) -> List[Instances]:
         """Top-k (query, class) pairs by sigmoid score; ``logits (B, N, K)``,
         ``boxes (B, N, 4)``; boxes in absolute XYXY of each (unpadded) image."""
-        B, N, K = logits.shape
-        k = min(self.detections_per_image, N * K)
-        scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
-        query, labels = index // K, index % K
+        scores, query, labels = self.top_detections(logits)
         xyxy = box_convert(boxes, "cxcywh", "xyxy")
         results = []
         for i, (h, w) in enumerate(image_sizes):

@@ -15,7 +15,7 @@ interpolation matrices is kept for the backward pass. Both paths give the same n
 is used.
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torchvision.ops import roi_align as torchvision_roi_align
@@ -26,11 +26,14 @@ __all__ = [
     "interpolation_matrix",
     "roi_align",
     "torchvision_path",
+    "traceable_roi_align",
 ]
 
 # Largest intermediate (boxes x output size x channels x map side) of one chunk of boxes:
 # 8M elements, 32 MiB in float32.
 CHUNK_ELEMENTS = 1 << 23
+# Samples per bin laid out by the traceable path, at least (see traceable_roi_align).
+MIN_TRACED_SAMPLES = 2
 # aligned=True: a box coordinate x covers the map from pixel centre x - 0.5.
 PIXEL_OFFSET = 0.5
 # A sample further than one pixel outside the map contributes zero (torchvision's rule).
@@ -38,7 +41,11 @@ OUTSIDE_MARGIN = 1.0
 
 
 def interpolation_matrix(
-    start: torch.Tensor, end: torch.Tensor, size: int, bins: int
+    start: torch.Tensor,
+    end: torch.Tensor,
+    size: int,
+    bins: int,
+    max_samples: Optional[int] = None,
 ) -> torch.Tensor:
     """Weights of RoIAlign along one axis.
 
@@ -46,13 +53,16 @@ def interpolation_matrix(
         start, end: ``(B, N)`` box extent along the axis, in feature-map pixels.
         size: map length along the axis.
         bins: output size along the axis.
+        max_samples: samples per bin to lay out, at least the largest box's (extra ones get
+            zero weight); None: exactly the largest box's, read from the data.
     Returns:
         ``(B, N, bins, size)``: output bin ``p`` is the ``[p, :]``-weighted sum of map lines.
     """
     start = start - PIXEL_OFFSET
     bin_size = (end - PIXEL_OFFSET - start) / bins
     samples = torch.ceil(bin_size)  # adaptive sampling ratio, per box
-    max_samples = max(int(samples.max().item()), 1) if samples.numel() else 1
+    if max_samples is None:
+        max_samples = max(int(samples.max().item()), 1) if samples.numel() else 1
     dtype, device = start.dtype, start.device
     bin_index = torch.arange(bins, dtype=dtype, device=device)[:, None]
     sample_index = torch.arange(max_samples, dtype=dtype, device=device)
@@ -179,6 +189,30 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
     rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], features.shape[-2], output_size)
     cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], features.shape[-1], output_size)
     return SeparableRoIAlign.apply(features, rows.to(features.dtype), cols.to(features.dtype))
+
+
+def traceable_roi_align(
+    features: torch.Tensor, boxes: torch.Tensor, output_size: int
+) -> torch.Tensor:
+    """:func:`roi_align`'s numbers without data-dependent shapes, for export (ONNX,
+    ``torch.export``): the samples per bin are laid out up to the most any box inside the map
+    can need (``ceil(map side / output size)``; a reference box never exceeds its image), and
+    all boxes go through two matrix products at once. Inference only (no chunking).
+
+    Shapes as :func:`roi_align`; the output is contiguous.
+    """
+    height, width = features.shape[-2:]
+    bins = output_size
+    boxes = _finite(boxes)
+    # ceil(side / bins) on non-negative numbers only (ONNX's integer division truncates), at
+    # least 2 so that tracing never takes the sample axis for a broadcast one.
+    rows_samples = torch.sym_max(MIN_TRACED_SAMPLES, (height + bins - 1) // bins)
+    cols_samples = torch.sym_max(MIN_TRACED_SAMPLES, (width + bins - 1) // bins)
+    rows = interpolation_matrix(boxes[..., 1], boxes[..., 3], height, bins, rows_samples)
+    cols = interpolation_matrix(boxes[..., 0], boxes[..., 2], width, bins, cols_samples)
+    rows, cols = rows.to(features.dtype), cols.to(features.dtype)
+    by_rows = torch.einsum("bnph,bchw->bncpw", rows, features)  # (B, N, C, R, W)
+    return (by_rows @ cols[:, :, None].transpose(-1, -2)).flatten(0, 1)
 
 
 # MODEL.SAM_DETR.ROI_ALIGN: "auto" is the matrix-product form on CPUs and torchvision's kernel

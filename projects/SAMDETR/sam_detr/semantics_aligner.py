@@ -121,8 +121,9 @@ class SemanticsAligner(nn.Module):
         """
         B, N, _ = queries.shape
         height, width = memory.shape[-2:]
-        scale = memory.new_tensor([width, height, width, height]) * valid_ratio.repeat(1, 2)
-        boxes = box_convert(reference_boxes, "cxcywh", "xyxy") * scale[:, None, :]
+        # Unpadded extent (w, h) in map pixels, without turning the sizes into constants (export).
+        extent = torch.stack((valid_ratio[:, 0] * width, valid_ratio[:, 1] * height), dim=-1)
+        boxes = box_convert(reference_boxes, "cxcywh", "xyxy") * extent.repeat(1, 2)[:, None, :]
         region = self.roi_align(memory, boxes, self.roi_size)  # (B*N, d, R, R)
         content, points, scales = self.resample(region, memory, reference_boxes, valid_ratio)
 

@@ -25,8 +25,9 @@ def smca_log_weights(
     Returns:
         ``(B, M, N, H * W)`` log-weights, in the order the flattened map is attended.
     """
-    size = points.new_tensor([width, height])
-    points = points * size * valid_ratio[:, None, None, :]
+    # In map pixels; sizes multiply as numbers, not as a constant tensor (export).
+    points = torch.stack((points[..., 0] * width, points[..., 1] * height), dim=-1)
+    points = points * valid_ratio[:, None, None, :]
     ys, xs = torch.meshgrid(
         torch.arange(height, device=points.device, dtype=points.dtype),
         torch.arange(width, device=points.device, dtype=points.dtype),
