@@ -55,7 +55,10 @@ def test_study_writes_curves_table_and_plot(study_dir):
     ]
     assert all(0 <= float(r["AP50"]) <= 100 for r in rows)
     table = (out / "table.md").read_text()
-    assert "| DETR baseline (no SAM) | 2 |" in table and "| 33.1 | 54.2 | 33.7 |" in table
+    assert (
+        "| DETR baseline (no SAM) (`detr_baseline`) | 2 |" in table
+        and "| 33.1 | 54.2 | 33.7 |" in table
+    )
     image = cv2.imread(str(out / "curves.png"))
     assert image is not None and image.shape[0] > 100
 
@@ -70,6 +73,12 @@ def test_study_skips_finished_and_resumes_interrupted_variants(study_dir):
     assert "[study] sp8_rw (resumed)" in again and "--resume" in again
     assert (out / "sp8_rw" / study.FINISHED).is_file()
     assert (out / "curves.csv").read_text() == before  # resumed at the end: same results
+    # A finished variant is not mixed with results of other settings.
+    cmd = [sys.executable, os.path.join(REPO, "tools", "convergence_study.py")]
+    cmd += ["--config-file", TINY_CONFIG, "--output-dir", str(out), "--variants", "sp8_rw"]
+    cmd += ["--iters", str(ITERS), "--eval-period", str(EVAL_PERIOD), "--seed", "1", *TINY_DATA]
+    done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "was trained with other settings" in done.stderr
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -104,6 +104,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides for every variant")
     args = parser.parse_args(argv)
+    args.output_dir, args.config_file = map(os.path.abspath, (args.output_dir, args.config_file))
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
@@ -124,10 +125,24 @@ def train_command(args: argparse.Namespace, name: str, resume: bool) -> List[str
     return cmd + list(VARIANTS[name].overrides) + list(args.opts)
 
 
+def _settings(command: Sequence[str]) -> List[str]:
+    """What determines a variant's results in its train_net.py command: the arguments after
+    the script, without ``--resume``."""
+    return [c for c in command[2:] if c != "--resume"]
+
+
 def run_variant(args: argparse.Namespace, name: str) -> None:
     """Train and evaluate one variant unless finished; continue an interrupted one."""
     out = os.path.join(args.output_dir, name)
-    if os.path.isfile(os.path.join(out, FINISHED)):
+    finished = os.path.join(out, FINISHED)
+    if os.path.isfile(finished):
+        with open(finished) as f:
+            earlier = json.load(f)["command"]
+        if _settings(earlier) != _settings(train_command(args, name, resume=False)):
+            raise SystemExit(
+                f"[study] {name} in {out} was trained with other settings: "
+                f"{shlex.join(_settings(earlier))}. Use another --output-dir, or delete {out}."
+            )
         print(f"[study] {name}: finished earlier, kept", flush=True)
         return
     resume = os.path.isfile(os.path.join(out, "last_checkpoint"))
@@ -154,27 +169,28 @@ def run_variant(args: argparse.Namespace, name: str) -> None:
     print(f"[study] {name}: done in {seconds / 60:.1f} min", flush=True)
 
 
-def read_curve(metrics_json: str, iters: int) -> List[Tuple[int, Dict[str, float]]]:
+def read_curve(metrics_json: str, iters: int, eval_period: int) -> List[Tuple[int, Dict]]:
     """``[(iterations done, {"AP", "AP50", "AP75"})]`` of the evaluations in a
     ``metrics.json``; the last record of an iteration wins (as after a resume). Detectron2
-    records a periodic evaluation at the index of its last iteration, the final one at
-    ``MAX_ITER``."""
+    records a periodic evaluation at the index of its last iteration (``k * period - 1``) and
+    the final one at ``MAX_ITER`` (also when a longer run continues a finished one)."""
     points: Dict[int, Dict[str, float]] = {}
     with open(metrics_json) as f:
         for line in f:
             record = json.loads(line)
             if "bbox/AP" in record:
-                done = min(record["iteration"] + 1, iters)
-                points[done] = {m: record[f"bbox/{m}"] for m in METRICS}
+                index = record["iteration"]
+                done = index + 1 if (index + 1) % eval_period == 0 else index
+                points[min(done, iters)] = {m: record[f"bbox/{m}"] for m in METRICS}
     return sorted(points.items())
 
 
-def collect(output_dir: str, names: Sequence[str], iters: int) -> Dict[str, List]:
+def collect(args: argparse.Namespace) -> Dict[str, List]:
     """The curves of the variants that have been evaluated at least once."""
     curves = {}
-    for name in names:
-        path = os.path.join(output_dir, name, "metrics.json")
-        curve = read_curve(path, iters) if os.path.isfile(path) else []
+    for name in args.variants:
+        path = os.path.join(args.output_dir, name, "metrics.json")
+        curve = read_curve(path, args.iters, args.eval_period) if os.path.isfile(path) else []
         if curve:
             curves[name] = curve
     return curves
@@ -205,7 +221,8 @@ def write_table(curves: Dict[str, List], path: str, iters: int) -> str:
         ours = " | ".join(f"{values[m]:.1f}" for m in METRICS)
         paper = " | ".join(_paper(v) for v in VARIANTS[name].paper)
         note = "" if iteration == iters else " (unfinished)"
-        lines.append(f"| {VARIANTS[name].label} | {iteration}{note} | {ours} | {paper} |")
+        label = f"{VARIANTS[name].label} (`{name}`)"
+        lines.append(f"| {label} | {iteration}{note} | {ours} | {paper} |")
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
         f.write(text)
@@ -236,7 +253,7 @@ def plot(curves: Dict[str, List], path: str, title: str) -> None:
 
 def report(args: argparse.Namespace) -> str:
     """Write curves.csv, curves.png and table.md from the variants' metrics; return the table."""
-    curves = collect(args.output_dir, args.variants, args.iters)
+    curves = collect(args)
     if not curves:
         raise SystemExit(f"[study] no evaluation results under {args.output_dir} yet")
     write_csv(curves, os.path.join(args.output_dir, "curves.csv"))
