@@ -1,6 +1,6 @@
-"""Export (tools/export_model.py): the tiny config (ONNX and ``torch.export``) and R50-DC5
-with SMCA (ONNX; random weights, smaller transformer) compute, on images of three sizes, what
-the PyTorch model's ordinary inference path computes; the files are
+"""Export (tools/export_model.py): the tiny config and R50-DC5 with SMCA (random weights,
+smaller transformer) exported to ONNX and to a ``torch.export`` program compute, on images of
+three sizes, what the PyTorch model's ordinary inference path computes; the files are
 written whole and carry their metadata; tools/onnx_predict.py runs the ONNX file without
 PyTorch or Detectron2; the traceable RoIAlign equals the CPU one."""
 
@@ -48,11 +48,8 @@ def images(seed=0):
     return [torch.rand(3, h, w, generator=generator) * 255 for h, w in SIZES]
 
 
-# Both formats of the tiny config; the R50 graph in ONNX, the stricter of the two exporters
-# (its .pt2 export passes as well, measured once; left out to keep the suite short).
-@pytest.mark.parametrize(
-    "config,fmt", [("tiny", "onnx"), ("tiny", "pt2"), ("R50_DC5_SMCA", "onnx")]
-)
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_exported_model_computes_what_pytorch_computes(config, fmt, tmp_path):
     wrapper, reference = models(config)
     path = str(tmp_path / tool.FORMATS[fmt])
