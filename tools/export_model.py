@@ -32,12 +32,12 @@ import numpy as np
 import sam_detr.data  # noqa: F401  (registers the built-in synthetic datasets)
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from sam_detr.checkpoint import SAMDETRCheckpointer
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.export import EXPORT_OUTPUTS, ExportableSAMDETR, dynamic_image_shapes
+from sam_detr.predictor import build_test_resize, model_input
 from torchvision.ops import box_convert
 
 logger = logging.getLogger("sam_detr.export_model")
@@ -85,15 +85,6 @@ def export_info(cfg) -> Dict:
         "score_threshold": cfg.MODEL.SAM_DETR.SCORE_THRESH_TEST,
         "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
     }
-
-
-def model_input(image_bgr: np.ndarray, cfg) -> torch.Tensor:
-    """What ``SAMDETRPredictor`` feeds the model: resized, in ``INPUT.FORMAT``, ``(3, H, W)``."""
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    image = resize.get_transform(image_bgr).apply_image(image_bgr)
-    if cfg.INPUT.FORMAT == "RGB":
-        image = image[:, :, ::-1]
-    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
 
 def sample_images(args: argparse.Namespace, cfg) -> List[str]:
@@ -216,7 +207,10 @@ def main(args: argparse.Namespace) -> str:
     reference.load_state_dict(model.state_dict())
     reference.eval()
     wrapper = ExportableSAMDETR(model).eval()
-    images = [model_input(read_image(p), cfg) for p in sample_images(args, cfg)]
+    resize = build_test_resize(cfg)
+    images = [
+        model_input(read_image(p), resize, cfg.INPUT.FORMAT) for p in sample_images(args, cfg)
+    ]
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, FORMATS[args.format])
     info = export_info(cfg)

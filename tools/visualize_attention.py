@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 from sam_detr import SAMDETRPredictor
 from sam_detr.config import get_sam_detr_cfg
+from sam_detr.predictor import model_input
 from torch.nn import functional as F
 from torchvision.ops import box_convert
 
@@ -81,12 +82,15 @@ class LayerRecorder:
 
 def run(predictor: SAMDETRPredictor, recorder: LayerRecorder, image: np.ndarray):
     """The model input (RGB uint8, as resized), raw outputs and the recorded layer."""
-    resized = predictor.aug.get_transform(image).apply_image(image)
-    model_input = resized[:, :, ::-1] if predictor.input_format == "RGB" else resized
-    tensor = torch.as_tensor(np.ascontiguousarray(model_input).transpose(2, 0, 1)).float()
+    tensor = model_input(image, predictor.aug, predictor.input_format)
     with torch.no_grad():
         outputs = predictor.model.inference([{"image": tensor}], do_postprocess=False)
-    return resized[:, :, ::-1], outputs, dict(recorder.record)
+    rgb = tensor.permute(1, 2, 0).numpy().astype(np.uint8)
+    return (
+        (rgb if predictor.input_format == "RGB" else rgb[:, :, ::-1]),
+        outputs,
+        dict(recorder.record),
+    )
 
 
 def _box_patch(plt, box_xyxy, color, style):

@@ -50,7 +50,7 @@ class ExportableSAMDETR(nn.Module):
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         model = self.model
         height, width = image.shape[-2:]
-        pixels = ((image - model.pixel_mean) / model.pixel_std)[None]
+        pixels = model.normalize(image)[None]
         mask = torch.zeros_like(pixels[:, 0], dtype=torch.bool)  # one image: no padding
         logits, boxes = model.forward_outputs(pixels, mask)
         logits, boxes = logits[-1], boxes[-1]  # (1, N, K), (1, N, 4)

@@ -203,14 +203,16 @@ class SAMDETR(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """``(C, H, W)`` pixel values -> normalised by ``pixel_mean`` / ``pixel_std``."""
+        return (image - self.pixel_mean) / self.pixel_std
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, torch.Tensor]:
         """Normalised, zero-padded batch ``(B, C, H, W)`` and its mask ``(B, H, W)``
         (True on padding)."""
         for x in batched_inputs:
             check_image(x["image"], len(self.pixel_mean))
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
+        images = [self.normalize(x["image"].to(self.device)) for x in batched_inputs]
         images = ImageList.from_tensors(images)
         B, _, H, W = images.tensor.shape
         mask = torch.ones((B, H, W), dtype=torch.bool, device=self.device)

@@ -12,6 +12,7 @@ as BGR cannot be detected from the array: convert with ``image[:, :, ::-1]``.
 from typing import Any, Dict
 
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -21,7 +22,7 @@ from detectron2.modeling import build_model
 from .checkpoint import SAMDETRCheckpointer
 from .inference import prepare_for_inference
 
-__all__ = ["SAMDETRPredictor", "check_bgr_image"]
+__all__ = ["SAMDETRPredictor", "build_test_resize", "check_bgr_image", "model_input"]
 
 EXPECTED_INPUT = "an H x W x 3 uint8 array in BGR order (as cv2.imread returns)"
 # Channel counts with a known conversion to BGR (OpenCV constants named in the message).
@@ -54,6 +55,21 @@ def check_bgr_image(image: Any) -> None:
         raise ValueError(f"The predictor got an empty image of shape {image.shape}.")
 
 
+def build_test_resize(cfg: CfgNode) -> T.ResizeShortestEdge:
+    """The test-time resize of ``DefaultPredictor``: shortest side ``INPUT.MIN_SIZE_TEST``,
+    longest at most ``INPUT.MAX_SIZE_TEST``."""
+    return T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+
+
+def model_input(image_bgr: np.ndarray, resize: T.Augmentation, input_format: str) -> torch.Tensor:
+    """What the predictor gives the model for a BGR uint8 image: resized, in ``input_format``
+    channel order, ``(3, H, W)`` float32."""
+    image = resize.get_transform(image_bgr).apply_image(image_bgr)
+    if input_format == "RGB":
+        image = image[:, :, ::-1]
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
 class SAMDETRPredictor(DefaultPredictor):
     """``DefaultPredictor`` with input checks, strict weight loading and frozen BatchNorm
     folded into the convolutions (see the module)."""
@@ -74,9 +90,7 @@ class SAMDETRPredictor(DefaultPredictor):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         SAMDETRCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         prepare_for_inference(self.model)
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+        self.aug = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:

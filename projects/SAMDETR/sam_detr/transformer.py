@@ -258,7 +258,25 @@ class SalientPointCrossAttention(nn.Module):
         )
 
 
-class SAMDecoderLayer(nn.Module):
+class DecoderLayer(nn.Module):
+    """What the decoder layers share after their cross-attention (post-norm): the residual
+    and ``norm2``, then the FFN with its residual and ``norm3``; ``dropout`` serves the whole
+    layer. Created last in each layer (the official order of initialisation)."""
+
+    def add_output_block(self, spec: SAMLayerSpec) -> None:
+        self.norm2 = nn.LayerNorm(spec.dim)
+        self.linear1 = nn.Linear(spec.dim, spec.dim_feedforward)
+        self.linear2 = nn.Linear(spec.dim_feedforward, spec.dim)
+        self.norm3 = nn.LayerNorm(spec.dim)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def output_block(self, queries: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """``queries (B, N, d)`` and their cross-attention output -> ``(B, N, d)``."""
+        queries = self.norm2(queries + self.dropout(attended))
+        return self.norm3(queries + self.dropout(feed_forward(self, queries)))
+
+
+class SAMDecoderLayer(DecoderLayer):
     """Self-attention, Semantics Aligner, salient-point cross-attention, FFN (post-norm)."""
 
     def __init__(self, spec: SAMLayerSpec) -> None:
@@ -285,11 +303,7 @@ class SAMDecoderLayer(nn.Module):
             roi_align=spec.roi_align,
         )
         self.cross_attn = SalientPointCrossAttention(dim, num_heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.linear1 = nn.Linear(dim, spec.dim_feedforward)
-        self.linear2 = nn.Linear(spec.dim_feedforward, dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.add_output_block(spec)
 
     def forward(
         self,
@@ -324,11 +338,10 @@ class SAMDecoderLayer(nn.Module):
                 aligned.points, aligned.scales, valid_ratio, height, width, self.smca_divisor
             )
         attended = self.cross_attn(aligned.content, aligned.position, memory, memory_pos, attn_bias)
-        queries = self.norm2(queries + self.dropout(attended))
-        return self.norm3(queries + self.dropout(feed_forward(self, queries)))
+        return self.output_block(queries, attended)
 
 
-class DETRDecoderLayer(nn.Module):
+class DETRDecoderLayer(DecoderLayer):
     """The baseline's decoder layer (DETR, post-norm): self-attention and cross-attention with
     the learnable query positions added to the queries, FFN; no Semantics Aligner."""
 
@@ -338,11 +351,7 @@ class DETRDecoderLayer(nn.Module):
         self.self_attn = MapSelfAttention(dim, num_heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = PositionalCrossAttention(dim, num_heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.linear1 = nn.Linear(dim, spec.dim_feedforward)
-        self.linear2 = nn.Linear(spec.dim_feedforward, dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.add_output_block(spec)
 
     def forward(
         self,
@@ -356,8 +365,7 @@ class DETRDecoderLayer(nn.Module):
         ``(B, 1, 1, HW)`` -> ``(B, N, d)``."""
         queries = self.norm1(queries + self.dropout(self.self_attn(queries, query_pos, None)))
         attended = self.cross_attn(queries, query_pos, memory, memory_pos, padding_bias)
-        queries = self.norm2(queries + self.dropout(attended))
-        return self.norm3(queries + self.dropout(feed_forward(self, queries)))
+        return self.output_block(queries, attended)
 
 
 class Encoder(nn.ModuleList):
