@@ -16,6 +16,10 @@ from torchvision.ops import box_convert
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "official_sam_detr"
 VARIANTS = ["r50_smca_e12", "r50_dc5_e50"]
+# Multi-scale fixtures (deformable encoder over res3-res5, six decoder layers).
+MS_VARIANTS = ["r50_ms_smca_e12"]
+# Decoder layers of each fixture's reduced model (see the fixtures' README).
+DECODER_LAYERS = {"r50_smca_e12": 2, "r50_dc5_e50": 2, "r50_ms_smca_e12": 6}
 
 requires_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(),
@@ -27,7 +31,9 @@ def fixture_model(stem: str, coco_classes: bool) -> Tuple[torch.nn.Module, Dict]
     """Our model with the converted official checkpoint ``stem``, and the fixture's io."""
     ckpt = load_official(FIXTURES / f"{stem}.pth")
     variant = detect_variant(ckpt)
-    state, unknown = convert_state_dict(ckpt["model"], coco_classes=coco_classes)
+    state, unknown = convert_state_dict(
+        ckpt["model"], coco_classes=coco_classes, multiscale=variant.multiscale
+    )
     assert not unknown
     overrides = variant.override_list() + [
         "MODEL.SAM_DETR.NUM_CLASSES", state["class_embed.0.weight"].shape[0],

@@ -30,7 +30,11 @@ def run_tool(*args):
 @requires_fixtures
 @pytest.mark.parametrize(
     "stem, config",
-    [("r50_smca_e12", "sam_detr_R50_SMCA.yaml"), ("r50_dc5_e50", "sam_detr_R50_DC5_50ep.yaml")],
+    [
+        ("r50_smca_e12", "sam_detr_R50_SMCA.yaml"),
+        ("r50_dc5_e50", "sam_detr_R50_DC5_50ep.yaml"),
+        ("r50_ms_smca_e12", "sam_detr_R50_MS_SMCA.yaml"),
+    ],
 )
 def test_converts_and_loads_through_model_weights(tmp_path, stem, config):
     out = tmp_path / "converted.pth"

@@ -1,5 +1,6 @@
 """Export (tools/export_model.py): the tiny config and R50-DC5 with SMCA (random weights,
-smaller transformer) exported to ONNX and to a ``torch.export`` program compute, on images of
+smaller transformer) exported to ONNX and to a ``torch.export`` program, and a tiny
+multi-scale model with SMCA exported to ONNX, compute, on images of
 three sizes, what the PyTorch model's ordinary inference path computes; the files are
 written whole and carry their metadata; tools/onnx_predict.py runs the ONNX file without
 PyTorch or Detectron2; the traceable RoIAlign equals the CPU one."""
@@ -30,7 +31,18 @@ CONFIGS = {
         ["MODEL.SAM_DETR.ENC_LAYERS", 1, "MODEL.SAM_DETR.DEC_LAYERS", 2,
          "MODEL.SAM_DETR.NUM_QUERIES", 30],
     ),
+    # Multi-scale (deformable encoder over res3 + res4, one decoder layer on each) with SMCA.
+    "tiny_MS_SMCA": (
+        TINY_CONFIG,
+        ["MODEL.RESNETS.OUT_FEATURES", ["res3", "res4"],
+         "MODEL.SAM_DETR.IN_FEATURES", ["res3", "res4"],
+         "MODEL.SAM_DETR.DECODER_IN_FEATURES", ["res4", "res3"], "MODEL.SAM_DETR.SMCA", True],
+    ),
 }  # fmt: skip
+# (config, format) pairs exported here: ONNX (the stricter exporter) of every model, the
+# .pt2 program of the single-scale ones; the tiny model's ONNX export is the tool test's.
+EXPORTS = [("tiny", "pt2"), ("R50_DC5_SMCA", "onnx"), ("R50_DC5_SMCA", "pt2")]
+EXPORTS.append(("tiny_MS_SMCA", "onnx"))
 
 
 def models(config):
@@ -48,8 +60,7 @@ def images(seed=0):
     return [torch.rand(3, h, w, generator=generator) * 255 for h, w in SIZES]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("config,fmt", EXPORTS)
 def test_exported_model_computes_what_pytorch_computes(config, fmt, tmp_path):
     wrapper, reference = models(config)
     path = str(tmp_path / tool.FORMATS[fmt])

@@ -17,12 +17,18 @@ from sam_detr.roi_align import roi_align, torchvision_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
-PAPER_CONFIGS = sorted(p for p in CONFIGS if p.name.startswith("sam_detr_R50"))
+PAPER_CONFIGS = sorted(
+    p for p in CONFIGS if p.name.startswith("sam_detr_R50") and "_MS" not in p.name
+)
+MS_CONFIGS = sorted(p for p in CONFIGS if p.name.startswith("sam_detr_R50_MS"))
 # Official parameter counts of SAM-DETR-R50 with 80 classes (GroupNorm after the input
 # projection: 12-epoch models; the 50-epoch models have none: 2 x 256 fewer).
 R50_PARAMS = 58_279_496
 R50_SMCA_PARAMS = 58_328_744
 GN_PARAMS = 512
+# Official multi-scale counts (55,194,698 and 55,243,946 with 91 logits), with 80 classes.
+R50_MS_PARAMS = 55_177_736
+R50_MS_SMCA_PARAMS = 55_226_984
 
 # A small, fast variant for behaviour tests.
 SMALL = [
@@ -68,6 +74,16 @@ def test_paper_parameter_counts(path):
     if cfg.MODEL.RESNETS.RES5_DILATION == 2:  # torchvision DC5: first block undilated
         assert res5[0].conv2.dilation == (1, 1) and res5[1].conv2.dilation == (2, 2)
         assert model.backbone.output_shape()["res5"].stride == 16
+
+
+@pytest.mark.parametrize("path", MS_CONFIGS, ids=[p.name for p in MS_CONFIGS])
+def test_multiscale_parameter_counts(path):
+    cfg = get_sam_detr_cfg(str(path), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    expected = R50_MS_SMCA_PARAMS if cfg.MODEL.SAM_DETR.SMCA else R50_MS_PARAMS
+    assert sum(p.numel() for p in model.parameters()) == expected
+    strides = [model.backbone.output_shape()[name].stride for name in model.in_features]
+    assert strides == [8, 16, 32]
 
 
 def test_training_with_empty_image_and_degenerate_boxes():

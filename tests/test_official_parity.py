@@ -1,11 +1,19 @@
 """Parity with the official SAM-DETR implementation on the shared fixtures: converted
 official checkpoints, our model, and what the official model computed (raw outputs of all
-decoder layers, weighted losses, gradients)."""
+decoder layers, weighted losses, gradients); single-scale and multi-scale (the multi-scale
+fixture ran the official code with its pure-PyTorch deformable attention)."""
 
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from official_fixtures import VARIANTS, fixture_batch, fixture_model, requires_fixtures
+from official_fixtures import (
+    DECODER_LAYERS,
+    MS_VARIANTS,
+    VARIANTS,
+    fixture_batch,
+    fixture_model,
+    requires_fixtures,
+)
 from sam_detr.official_checkpoint import coco_contiguous_ids, rename_official_key
 
 LOGIT_ATOL = 1e-3
@@ -26,7 +34,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("stem", VARIANTS)
+@pytest.mark.parametrize("stem", VARIANTS + MS_VARIANTS)
 def test_raw_outputs_match_official(stem):
     model, io = fixture_model(stem, coco_classes=True)
     model.eval()
@@ -39,7 +47,7 @@ def test_raw_outputs_match_official(stem):
     ref = [(io["pred_logits"], io["pred_boxes"])] + [
         (a["pred_logits"], a["pred_boxes"]) for a in io["aux_outputs"]
     ]
-    assert len(ours) == len(ref) == 2
+    assert len(ours) == len(ref) == DECODER_LAYERS[stem]
     for (logits, boxes), (ref_logits, ref_boxes) in zip(ours, ref):
         assert logits.shape[-1] == 80
         assert (logits - ref_logits[..., ids]).abs().max() <= LOGIT_ATOL
@@ -55,7 +63,7 @@ def _train_step(stem, dtype):
     return model, io, losses
 
 
-@pytest.mark.parametrize("stem", VARIANTS)
+@pytest.mark.parametrize("stem", VARIANTS + MS_VARIANTS)
 def test_weighted_losses_and_gradients_match_official(stem):
     model, io, losses = _train_step(stem, torch.float32)
     assert set(losses) == set(io["weighted_losses"])
@@ -69,8 +77,9 @@ def test_weighted_losses_and_gradients_match_official(stem):
     params64 = dict(model64.named_parameters())
     checked_strictly = 0
     for official_name, ref in io["grads"].items():
-        ours = params[rename_official_key(official_name)].grad
-        noise = _rel(ours, params64[rename_official_key(official_name)].grad)
+        name = rename_official_key(official_name, multiscale=stem in MS_VARIANTS)
+        ours = params[name].grad
+        noise = _rel(ours, params64[name].grad)
         error = _rel(ours, ref)
         if noise <= WELL_CONDITIONED:
             assert error <= GRAD_RTOL, (official_name, error)

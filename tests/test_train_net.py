@@ -1,5 +1,6 @@
 """train_net.py end to end on a tiny user-style COCO dataset, in subprocesses: a few training
-iterations write checkpoints, ``--eval-only`` prints Detectron2's COCO table, a run killed
+iterations write checkpoints, ``--eval-only`` prints Detectron2's COCO table (single- and
+multi-scale), a run killed
 between saves and during a save and stopped by a full disk ends after ``--resume`` exactly as
 an uninterrupted run, and a ``NUM_CLASSES`` that disagrees with the dataset is refused with
 both numbers."""
@@ -59,6 +60,33 @@ def test_train_then_eval_only(tiny_data, tmp_path):
     assert r.returncode == 0, r.stdout[-4000:]
     assert "Evaluation results for bbox" in r.stdout
     assert "|  AP   |  AP50  |" in r.stdout
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout
+
+
+def test_multiscale_train_then_eval_only(tiny_data, tmp_path):
+    """Multi-scale SAM-DETR (res3 + res4 of the tiny R18, deformable encoder) on CPU."""
+    out = str(tmp_path / "train")
+    levels = "['res3', 'res4']"
+    multiscale = [
+        "MODEL.RESNETS.OUT_FEATURES", levels,
+        "MODEL.SAM_DETR.IN_FEATURES", levels,
+        "MODEL.SAM_DETR.DECODER_IN_FEATURES", "['res4', 'res3']",
+    ]  # fmt: skip
+    args = ["--config-file", TINY_CONFIG] + tiny_dataset_args(tiny_data)
+    r = run_train_net(args + tiny_overrides(out) + multiscale)
+    assert r.returncode == 0, r.stdout[-4000:]
+    final = os.path.join(out, "model_final.pth")
+    state = torch.load(final, map_location="cpu", weights_only=True)["model"]
+    assert state["transformer.encoder.level_embed"].shape == (2, 64)
+    assert "input_proj.1.0.weight" in state  # one projection per level
+    r = run_train_net(
+        args
+        + ["--eval-only"]
+        + tiny_overrides(str(tmp_path / "eval"))
+        + multiscale
+        + ["MODEL.WEIGHTS", final]
+    )
+    assert r.returncode == 0, r.stdout[-4000:]
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout
 
 

@@ -30,7 +30,9 @@ def convert(args: argparse.Namespace) -> str:
     """Convert ``args.input`` into ``args.output``; returns the matching config's path."""
     ckpt = load_official(args.input, trust_pickle=args.trust_pickle)
     variant = detect_variant(ckpt)
-    state, unknown = convert_state_dict(ckpt["model"], coco_classes=not args.keep_classes)
+    state, unknown = convert_state_dict(
+        ckpt["model"], coco_classes=not args.keep_classes, multiscale=variant.multiscale
+    )
     if unknown:
         raise NotAnOfficialCheckpoint(
             f"unexpected keys (no SAM-DETR counterpart): {', '.join(unknown[:8])}"
@@ -56,7 +58,7 @@ def convert(args: argparse.Namespace) -> str:
     except ValueError:
         shown = config
     print(f"Wrote {args.output} ({len(state)} tensors, {num_classes} classes).")
-    if variant.dc5 is None:
+    if variant.dc5 is None and not variant.multiscale:
         print(
             "The checkpoint has no training arguments: R50 and R50-DC5 share weights; "
             "pick the config yourself (the DC5 one if it was trained with --dilation)."

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Parameters and GFLOPs (fvcore's convention: one multiply-add = one flop) of SAM-DETR
-configs on one image of a fixed size, plus the CPU time of that forward pass.
+configs on one image of a fixed size, plus the CPU time of that forward pass. The bilinear
+sampling of multi-scale deformable attention and of the salient points (``grid_sample``)
+counts 4 multiply-adds per sampled value and is also shown on its own.
 
     python tools/model_stats.py --height 800 --width 1216 configs/sam_detr_R50.yaml ...
 """
@@ -26,6 +28,18 @@ def sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+# Multiply-adds per value bilinearly sampled by grid_sample (one per corner).
+BILINEAR_CORNERS = 4
+
+
+def grid_sample_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Multiply-adds of bilinear ``grid_sample``: 4 per output element ``(N, C, Ho, Wo)``."""
+    count = BILINEAR_CORNERS
+    for d in outputs[0].type().sizes():
+        count *= d
+    return count
+
+
 class RawOutputs(nn.Module):
     """Tensor-in, tensors-out view of a SAM-DETR model, so that it can be traced."""
 
@@ -47,8 +61,11 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     torch.manual_seed(0)
     image = torch.rand(3, args.height, args.width) * 255
-    print(f"| config | parameters | GFLOPs ({args.height}x{args.width}) | CPU forward (s) |")
-    print("|---|---|---|---|")
+    print(
+        f"| config | parameters | GFLOPs ({args.height}x{args.width}) | of which grid_sample "
+        "| CPU forward (s) |"
+    )
+    print("|---|---|---|---|---|")
     for path in args.configs:
         cfg = get_sam_detr_cfg(path, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
         model = build_model(cfg).eval()
@@ -60,9 +77,14 @@ def main() -> None:
             seconds = time.perf_counter() - start
             flops = FlopCountAnalysis(RawOutputs(model), (image,))
             flops.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
+            flops.set_op_handle("aten::grid_sampler", grid_sample_flops)
             flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             gflops = flops.total() / 1e9
-        print(f"| {path} | {params:,} | {gflops:.1f} | {seconds:.1f} |", flush=True)
+            sampling = flops.by_operator().get("grid_sampler", 0) / 1e9
+        print(
+            f"| {path} | {params:,} | {gflops:.1f} | {sampling:.1f} | {seconds:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

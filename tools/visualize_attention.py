@@ -57,20 +57,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 class LayerRecorder:
-    """Forward hooks recording (of image 0) the size ``(H, W)`` of the encoded map and, of one
-    decoder layer, the cross-attention weights ``(M, N, H*W)`` and, with SAM, the reference
-    boxes ``(N, 4)`` and salient points ``(N, M, 2)``."""
+    """Forward hooks recording (of image 0), for decoder layer ``index``, the size ``(H, W)`` of
+    the encoded map it reads (multi-scale: its level's), its cross-attention weights
+    ``(M, N, H*W)`` and, with SAM, the reference boxes ``(N, 4)`` and salient points
+    ``(N, M, 2)``."""
 
-    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, index: int) -> None:
         self.record: Dict[str, torch.Tensor] = {}
-        model.input_proj.register_forward_hook(self._map_size)
+        self.level = model.transformer.decoder_levels[index]
+        layer = model.transformer.decoder[index]
+        model.transformer.encoder.register_forward_hook(self._map_size)
         layer.cross_attn.register_forward_hook(self._attention)
         aligner = getattr(layer, "semantics_aligner", None)  # absent in the baseline DETR
         if aligner is not None:
             aligner.register_forward_hook(self._aligner)
 
     def _map_size(self, module, args, output) -> None:
-        self.record["map_size"] = output.shape[-2:]
+        self.record["map_size"] = output[self.level].size  # the encoded levels
 
     def _attention(self, module, args, output) -> None:
         self.record["attention"] = module.attention_weights(*args)[0].float()
@@ -156,7 +159,7 @@ def main(args: argparse.Namespace) -> List[str]:
     predictor = SAMDETRPredictor(cfg)
     decoder = predictor.model.transformer.decoder
     layer = args.layer % len(decoder)
-    recorder = LayerRecorder(predictor.model, decoder[layer])
+    recorder = LayerRecorder(predictor.model, layer)
     class_names = predictor.metadata.get("thing_classes", None)
     os.makedirs(args.output, exist_ok=True)
     written = []

@@ -64,6 +64,20 @@ def add_sam_detr_config(cfg: CN) -> None:
     _C.SEARCH_RANGE = "box"
     # Reweighting of the re-sampled queries and positions by the previous queries (RW).
     _C.REWEIGHTING = True
+    # ---- Multi-scale SAM-DETR (the official --multiscale models) ----
+    # Backbone features the transformer reads, its feature levels from fine to coarse (list
+    # them in MODEL.RESNETS.OUT_FEATURES too). [] = the backbone's coarsest output alone
+    # (single-scale). Several levels take a deformable encoder over all of them and one
+    # input projection each.
+    _C.IN_FEATURES = []
+    # The feature (one of IN_FEATURES) each decoder layer works on, one entry per layer; [] =
+    # the last of IN_FEATURES for every layer. Official multi-scale: res5 x2, res4 x2, res3 x2.
+    _C.DECODER_IN_FEATURES = []
+    # Sampling points per head and level of the multi-scale deformable attention.
+    _C.DEFORMABLE_POINTS = 4
+    # FFN width of the deformable encoder's layers; 0 = DIM_FEEDFORWARD (official
+    # multi-scale: DIM_FEEDFORWARD // 2).
+    _C.ENC_DIM_FEEDFORWARD = 0
     # Channels of the 1x1 conv that compresses RoI features before salient-point search.
     _C.POINT_CONV_DIM = 64
     # Hidden widths of the MLP predicting salient points from the flattened RoI features.
@@ -165,9 +179,35 @@ def validate_sam_detr_config(cfg: CN) -> None:
         )
     if not 0 <= c.DROPOUT < 1:
         raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")
+    _validate_levels(c)
     _validate_ablations(c)
     check_amp_dtype(cfg.SOLVER.AMP.DTYPE)
     check_invalid_box_policy(cfg.DATASETS.INVALID_BOXES)
+
+
+def _validate_levels(c: CN) -> None:
+    """Refuse feature-level keys that name no level or do not fit the decoder."""
+    in_features = list(c.IN_FEATURES)
+    if len(set(in_features)) != len(in_features):
+        raise ValueError(f"MODEL.SAM_DETR.IN_FEATURES lists a feature twice: {in_features}.")
+    decoder = list(c.DECODER_IN_FEATURES)
+    if decoder and len(decoder) != c.DEC_LAYERS:
+        raise ValueError(
+            f"MODEL.SAM_DETR.DECODER_IN_FEATURES has {len(decoder)} entries for "
+            f"MODEL.SAM_DETR.DEC_LAYERS={c.DEC_LAYERS}: give one feature per decoder layer, "
+            "or [] for the last of IN_FEATURES everywhere."
+        )
+    unknown = sorted(set(decoder) - set(in_features))
+    if unknown:
+        raise ValueError(
+            f"MODEL.SAM_DETR.DECODER_IN_FEATURES names {unknown}, which are not in "
+            f"MODEL.SAM_DETR.IN_FEATURES={in_features}."
+        )
+    if c.DEFORMABLE_POINTS < 1 or c.ENC_DIM_FEEDFORWARD < 0:
+        raise ValueError(
+            "MODEL.SAM_DETR.DEFORMABLE_POINTS must be >= 1 and ENC_DIM_FEEDFORWARD >= 0, got "
+            f"{c.DEFORMABLE_POINTS} and {c.ENC_DIM_FEEDFORWARD}."
+        )
 
 
 def _validate_ablations(c: CN) -> None:

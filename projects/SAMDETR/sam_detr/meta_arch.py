@@ -1,6 +1,8 @@
 """The ``SAMDETR`` meta-architecture: image normalisation and padding masks, backbone,
 input projection, sine position encoding, the SAM transformer, per-layer class heads;
-losses in training and top-k detections at inference, in Detectron2's conventions."""
+losses in training and top-k detections at inference, in Detectron2's conventions.
+Single-scale models read one backbone feature, multi-scale ones several (one input
+projection each)."""
 
 import logging
 import math
@@ -59,6 +61,14 @@ def _refuse_incomplete_load(module: "SAMDETR", incompatible) -> None:
         )
 
 
+def _input_projection(in_channels: int, dim: int, gn_groups: int) -> nn.Sequential:
+    """1x1 convolution to the transformer's width, then GroupNorm when ``gn_groups``."""
+    proj: List[nn.Module] = [nn.Conv2d(in_channels, dim, kernel_size=1)]
+    if gn_groups:
+        proj.append(nn.GroupNorm(gn_groups, dim))
+    return nn.Sequential(*proj)
+
+
 @META_ARCH_REGISTRY.register()
 class SAMDETR(nn.Module):
     """SAM-DETR (Zhang et al., CVPR 2022): DETR with Semantic-Aligned Matching."""
@@ -70,6 +80,7 @@ class SAMDETR(nn.Module):
         backbone: Backbone,
         transformer: DetectionTransformer,
         criterion: SetCriterion,
+        in_features: Sequence[str] = (),
         num_classes: int,
         num_queries: int,
         input_proj_gn_groups: int,
@@ -90,6 +101,8 @@ class SAMDETR(nn.Module):
             transformer: encoder + SAM decoder (or the baseline's decoder); owns the per-layer
                 box heads.
             criterion: matching and weighted losses.
+            in_features: the backbone features the transformer reads, its feature levels in
+                order (empty: the backbone's coarsest output alone).
             num_classes: K foreground classes.
             num_queries: N object queries, each with the learnable parameters the transformer
                 names (reference boxes; the baseline's query positions).
@@ -109,13 +122,24 @@ class SAMDETR(nn.Module):
         self.backbone = backbone.to(memory_format=self.backbone_format)
         self.inference_precision = inference_precision or Precision()
         shapes = backbone.output_shape()
-        self.in_feature = max(shapes, key=lambda name: shapes[name].stride)  # the coarsest
-        in_channels = shapes[self.in_feature].channels
+        self.in_features = list(in_features) or [
+            max(shapes, key=lambda name: shapes[name].stride)  # the coarsest
+        ]
+        missing = [name for name in self.in_features if name not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.SAM_DETR.IN_FEATURES {self.in_features} names {missing}, which the "
+                f"backbone does not output (it outputs {sorted(shapes)}); add them to the "
+                "backbone's output features (MODEL.RESNETS.OUT_FEATURES)."
+            )
         dim = transformer.dim
-        proj: List[nn.Module] = [nn.Conv2d(in_channels, dim, kernel_size=1)]
-        if input_proj_gn_groups:
-            proj.append(nn.GroupNorm(input_proj_gn_groups, dim))
-        self.input_proj = nn.Sequential(*proj)
+        projections = [
+            _input_projection(shapes[name].channels, dim, input_proj_gn_groups)
+            for name in self.in_features
+        ]
+        # One level: the projection itself (state_dict keys input_proj.0/1, as always);
+        # several: one per level (input_proj.<level>.0/1, the official multi-scale keys).
+        self.input_proj = projections[0] if len(projections) == 1 else nn.ModuleList(projections)
         self.position_embedding = MapPositionEmbedding(dim, position_temperature)
         self.transformer = transformer
         # Learnable per-query parameters: SAM's reference boxes (``reference_boxes``, cx, cy,
@@ -165,9 +189,16 @@ class SAMDETR(nn.Module):
             num_salient_points=c.NUM_SALIENT_POINTS,
             search_range=c.SEARCH_RANGE,
             reweighting=c.REWEIGHTING,
+            num_levels=max(len(c.IN_FEATURES), 1),
+            deformable_points=c.DEFORMABLE_POINTS,
+            enc_dim_feedforward=c.ENC_DIM_FEEDFORWARD,
         )
         transformer = build_transformer(
-            layer_spec, c.ENC_LAYERS, c.DEC_LAYERS, c.SEMANTIC_ALIGNED_MATCHING
+            layer_spec,
+            c.ENC_LAYERS,
+            c.DEC_LAYERS,
+            c.SEMANTIC_ALIGNED_MATCHING,
+            [list(c.IN_FEATURES).index(name) for name in c.DECODER_IN_FEATURES],
         )
         criterion = SetCriterion(
             num_classes=c.NUM_CLASSES,
@@ -182,6 +213,7 @@ class SAMDETR(nn.Module):
             "backbone": build_sam_detr_backbone(cfg),
             "transformer": transformer,
             "criterion": criterion,
+            "in_features": c.IN_FEATURES,
             "num_classes": c.NUM_CLASSES,
             "num_queries": c.NUM_QUERIES,
             "input_proj_gn_groups": c.INPUT_PROJ_GN_GROUPS if c.INPUT_PROJ_GN else 0,
@@ -198,6 +230,15 @@ class SAMDETR(nn.Module):
                 cfg.TEST.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False
             ),
         }
+
+    @property
+    def level_projections(self) -> List[nn.Module]:
+        """The input projection of each feature level, in ``in_features`` order."""
+        return (
+            list(self.input_proj)
+            if isinstance(self.input_proj, nn.ModuleList)
+            else [self.input_proj]
+        )
 
     @property
     def device(self) -> torch.device:
@@ -227,11 +268,15 @@ class SAMDETR(nn.Module):
         class logits ``(L, B, N, K)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in [0, 1] of
         each unpadded image) of all L decoder layers."""
         pixels = pixels.contiguous(memory_format=self.backbone_format)
-        features = self.backbone(pixels)[self.in_feature]
-        mask = downsample_mask(mask, features.shape[-2:])
-        pos = self.position_embedding(mask).to(features.dtype)
+        features = self.backbone(pixels)
+        srcs, pos, masks = [], [], []
+        for name, projection in zip(self.in_features, self.level_projections):
+            level_mask = downsample_mask(mask, features[name].shape[-2:])
+            srcs.append(projection(features[name]))
+            pos.append(self.position_embedding(level_mask).to(features[name].dtype))
+            masks.append(level_mask)
         query_parameters = getattr(self, self.query_parameters_name).weight
-        hidden, boxes = self.transformer(self.input_proj(features), pos, mask, query_parameters)
+        hidden, boxes = self.transformer(srcs, pos, masks, query_parameters)
         logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden)])
         return logits, boxes
 

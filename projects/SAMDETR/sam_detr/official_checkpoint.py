@@ -2,7 +2,8 @@
 (github.com/ZhangGongjie/SAM-DETR) into checkpoints of this project: parameter renaming
 (torchvision ResNet -> Detectron2 ResNet, decoder layer parts -> Semantics Aligner and
 attention modules), COCO's 91 category-id logits -> Detectron2's 80 contiguous classes,
-and the choice of the matching config from the official training arguments."""
+and the choice of the matching config from the official training arguments (single-scale
+R50 / R50-DC5 and multi-scale R50-MS, with or without SMCA)."""
 
 import argparse
 import re
@@ -17,6 +18,8 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 OFFICIAL_NO_GN_MIN_EPOCHS = 25
 # Outputs per salient point of the official point predictor with SMCA: (x, y) + 2 scales.
 _POINT_OUTPUTS_SMCA = 4
+# The official multi-scale decoder assigns levels to exactly this many layers.
+OFFICIAL_MS_DEC_LAYERS = 6
 # Prefix of the duplicate box heads the official model also registers under its decoder.
 _DUPLICATE_BOX_HEADS = "transformer.decoder.bbox_embed."
 
@@ -31,8 +34,9 @@ _RENAMES: List[Tuple[str, str]] = [
         r"^backbone\.0\.body\.layer(\d)\.(\d+)\.downsample\.1\.",
         "backbone.res{s}.\\2.shortcut.norm.",
     ),
-    (r"^input_proj\.0\.(\d)\.", "input_proj.\\1."),
+    (r"^input_proj\.0\.(\d)\.", "input_proj.\\1."),  # single-scale only, see below
     (r"^query_embed\.", "reference_boxes."),
+    (r"^transformer\.level_embed$", "transformer.encoder.level_embed"),
     (r"^transformer\.encoder\.layers\.", "transformer.encoder."),
     (r"^bbox_embed\.", "transformer.bbox_embed."),
     (r"^class_embed\.", "class_embed."),
@@ -69,8 +73,11 @@ class NotAnOfficialCheckpoint(ValueError):
     """The file is not an official SAM-DETR checkpoint (or not one we can convert)."""
 
 
-def rename_official_key(key: str) -> Optional[str]:
-    """Our parameter name for an official one, or None if it has no counterpart."""
+def rename_official_key(key: str, multiscale: bool = False) -> Optional[str]:
+    """Our parameter name for an official one, or None if it has no counterpart. The input
+    projections of a multi-scale model keep their names (``input_proj.<level>.<0|1>``)."""
+    if multiscale and key.startswith("input_proj."):
+        return key
     m = _DECODER_LAYER.match(key)
     if m:
         layer, rest = m.groups()
@@ -106,12 +113,21 @@ class OfficialVariant:
     smca: bool
     input_proj_gn: bool
     overrides: Dict[str, Any] = field(default_factory=dict)
+    multiscale: bool = False
+    epochs: Optional[int] = None  # of the training arguments, if any
 
     @property
     def config_name(self) -> str:
-        """Our config file name (the one of DC5 is a guess when ``dc5`` is None)."""
-        name = "sam_detr_R50" + ("_DC5" if self.dc5 else "") + ("_SMCA" if self.smca else "")
-        return name + ("" if self.input_proj_gn else "_50ep") + ".yaml"
+        """Our config file name (the one of DC5 is a guess when ``dc5`` is None). Multi-scale
+        models always have the GroupNorm; their schedule comes from the epochs (12 when
+        unknown: the schedule does not change the model)."""
+        scale = "_MS" if self.multiscale else ("_DC5" if self.dc5 else "")
+        name = "sam_detr_R50" + scale + ("_SMCA" if self.smca else "")
+        if self.multiscale:
+            long = (self.epochs or 0) >= OFFICIAL_NO_GN_MIN_EPOCHS
+        else:
+            long = not self.input_proj_gn
+        return name + ("_50ep" if long else "") + ".yaml"
 
     def override_list(self) -> List[str]:
         """Overrides (``KEY VALUE`` pairs) the config needs beyond the file."""
@@ -146,11 +162,13 @@ def detect_variant(ckpt: Mapping[str, Any]) -> OfficialVariant:
     state = ckpt["model"]
     args = ckpt.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    if args.get("multiscale") or args.get("masks"):
+    if args.get("masks"):
         raise NotAnOfficialCheckpoint(
-            "multi-scale or segmentation SAM-DETR checkpoints are not supported "
-            f"(args.multiscale={args.get('multiscale')}, args.masks={args.get('masks')})."
+            "segmentation SAM-DETR checkpoints are not supported (args.masks=True)."
         )
+    multiscale = (
+        bool(args["multiscale"]) if "multiscale" in args else "transformer.level_embed" in state
+    )
     point_out = state.get("transformer.decoder.layers.0.point2.6.bias")
     heads = int(args.get("nheads", 8))
     smca = (
@@ -177,15 +195,46 @@ def detect_variant(ckpt: Mapping[str, Any]) -> OfficialVariant:
     if depth != 50:
         overrides["MODEL.RESNETS.DEPTH"] = depth
     dc5 = bool(args["dilation"]) if "dilation" in args else None
-    return OfficialVariant(dc5=dc5, smca=smca, input_proj_gn=gn, overrides=overrides)
+    if multiscale:
+        _multiscale_overrides(args, dc5, overrides)
+    epochs = int(args["epochs"]) if "epochs" in args else None
+    return OfficialVariant(
+        dc5=dc5,
+        smca=smca,
+        input_proj_gn=gn,
+        overrides=overrides,
+        multiscale=multiscale,
+        epochs=epochs,
+    )
+
+
+def _multiscale_overrides(args: Mapping[str, Any], dc5: Optional[bool], overrides: Dict) -> None:
+    """Refuse what our multi-scale configs cannot express; add the encoder's FFN width when
+    the model is not paper-size (the official encoder halves ``dim_feedforward``)."""
+    if dc5:
+        raise NotAnOfficialCheckpoint(
+            "multi-scale SAM-DETR with --dilation is not supported (its levels would be "
+            "strides 8, 16, 16; no official model was trained so)."
+        )
+    dec_layers = int(args.get("dec_layers", OFFICIAL_MS_DEC_LAYERS))
+    if dec_layers != OFFICIAL_MS_DEC_LAYERS:
+        raise NotAnOfficialCheckpoint(
+            f"multi-scale checkpoint with dec_layers={dec_layers}: the official multi-scale "
+            f"decoder has exactly {OFFICIAL_MS_DEC_LAYERS} layers."
+        )
+    if "MODEL.SAM_DETR.DIM_FEEDFORWARD" in overrides:
+        overrides["MODEL.SAM_DETR.ENC_DIM_FEEDFORWARD"] = (
+            overrides["MODEL.SAM_DETR.DIM_FEEDFORWARD"] // 2
+        )
 
 
 def convert_state_dict(
-    state: Mapping[str, torch.Tensor], coco_classes: bool = True
+    state: Mapping[str, torch.Tensor], coco_classes: bool = True, multiscale: bool = False
 ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Rename an official state_dict; with ``coco_classes`` keep the 80 COCO classes of
-    Detectron2 (in its order) from the 91 category-id logits. Returns the converted dict
-    and the official keys that have no counterpart. Floats are converted to float32."""
+    """Rename an official state_dict (of a multi-scale model with ``multiscale``); with
+    ``coco_classes`` keep the 80 COCO classes of Detectron2 (in its order) from the 91
+    category-id logits. Returns the converted dict and the official keys that have no
+    counterpart. Floats are converted to float32."""
     ids = coco_contiguous_ids() if coco_classes else None
     converted: Dict[str, torch.Tensor] = {}
     unknown: List[str] = []
@@ -194,7 +243,7 @@ def convert_state_dict(
             twin = key[len("transformer.decoder.") :]
             if twin in state and torch.equal(state[twin], value):
                 continue  # the same tensor, registered twice by the official model
-        new = rename_official_key(key)
+        new = rename_official_key(key, multiscale)
         if new is None:
             unknown.append(key)
             continue

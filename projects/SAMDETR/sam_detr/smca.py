@@ -27,13 +27,13 @@ def smca_log_weights(
     """
     # In map pixels; sizes multiply as numbers, not as a constant tensor (export).
     points = torch.stack((points[..., 0] * width, points[..., 1] * height), dim=-1)
-    points = points * valid_ratio[:, None, None, :]
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=points.device, dtype=points.dtype),
-        torch.arange(width, device=points.device, dtype=points.dtype),
-        indexing="ij",
-    )
-    cells = torch.stack((xs, ys), dim=-1).reshape(-1, 2) + 0.5  # (HW, 2)
-    sq_dist = (points[..., None, :] - cells).pow(2)  # (B, N, M, HW, 2)
-    dist = (sq_dist * scales.pow(2)[..., None, :]).sum(-1)  # (B, N, M, HW)
-    return (-dist / divisor).permute(0, 2, 1, 3)
+    points = (points * valid_ratio[:, None, None, :]).transpose(1, 2)  # (B, M, N, 2)
+    weights = scales.pow(2).transpose(1, 2)
+    # The distance is separable: s_x^2 (p_x - g_x)^2 over columns plus s_y^2 (p_y - g_y)^2
+    # over rows, so only the final sum is (H, W)-sized.
+    xs = torch.arange(width, device=points.device, dtype=points.dtype) + 0.5
+    ys = torch.arange(height, device=points.device, dtype=points.dtype) + 0.5
+    dist_x = (points[..., 0, None] - xs).pow(2) * weights[..., 0, None]  # (B, M, N, W)
+    dist_y = (points[..., 1, None] - ys).pow(2) * weights[..., 1, None]  # (B, M, N, H)
+    dist = dist_x[..., None, :] + dist_y[..., :, None]  # (B, M, N, H, W)
+    return (-dist / divisor).flatten(-2)

@@ -3,16 +3,22 @@ SAM decoder, whose layers re-sample their queries with the Semantics Aligner bef
 cross-attention in which each head matches one salient point, and whose reference boxes
 are refined layer by layer by per-layer box heads. ``build_transformer`` also offers the
 paper's baseline (Table 1, DETR with aligned setups): the same encoder and a plain DETR
-decoder, without semantic-aligned matching."""
+decoder, without semantic-aligned matching.
+
+Multi-scale SAM-DETR (the official code's ``--multiscale``) takes several feature levels: a
+deformable encoder attends to all of them jointly, and each decoder layer works on one
+level (the coarsest first), chosen per layer by ``MODEL.SAM_DETR.DECODER_IN_FEATURES``."""
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .deformable_attention import MultiScaleDeformableAttention
+from .feature_levels import FeatureLevel
 from .mlp import MLP
 from .position_encoding import embed_points
 from .semantics_aligner import build_semantics_aligner
@@ -43,6 +49,11 @@ class SAMLayerSpec:
     num_salient_points: int = 0  # 0: one per head [NUM_SALIENT_POINTS]
     search_range: str = "box"  # [SEARCH_RANGE]
     reweighting: bool = True  # [REWEIGHTING]
+    # Multi-scale: feature levels L, deformable points per head and level, the deformable
+    # encoder's FFN width (0: DIM_FEEDFORWARD).
+    num_levels: int = 1  # [len(IN_FEATURES)]
+    deformable_points: int = 4  # [DEFORMABLE_POINTS]
+    enc_dim_feedforward: int = 0  # [ENC_DIM_FEEDFORWARD]
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -70,12 +81,6 @@ def feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The post-norm FFN block of a layer with ``linear1``, ``linear2``, ``dropout`` and the
     given norm applied by the caller: ``linear2(dropout(relu(linear1(x))))``."""
     return layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
-
-
-def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(B, S)`` bool, True on padding -> ``(B, 1, 1, S)`` additive bias (0 or -inf)."""
-    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
-    return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
 
 
 class MapSelfAttention(nn.Module):
@@ -369,7 +374,7 @@ class DETRDecoderLayer(DecoderLayer):
 
 
 class Encoder(nn.ModuleList):
-    """The DETR encoder: ``ENC_LAYERS`` encoder layers applied in turn."""
+    """The DETR encoder: ``ENC_LAYERS`` encoder layers applied in turn to one feature level."""
 
     def __init__(self, spec: SAMLayerSpec, num_layers: int) -> None:
         super().__init__(
@@ -377,30 +382,130 @@ class Encoder(nn.ModuleList):
             for _ in range(num_layers)
         )
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """``src, pos (B, HW, d)``, padding ``bias (B, 1, 1, HW)`` -> ``(B, HW, d)``."""
+    def reset_parameters(self) -> None:
+        """Nothing to re-initialise after the transformer's Xavier pass."""
+
+    def forward(self, levels: Sequence[FeatureLevel]) -> List[FeatureLevel]:
+        """The one level with its memory encoded."""
+        (level,) = levels
+        memory = level.memory
         for layer in self:
-            src = layer(src, pos, bias)
-        return src
+            memory = layer(memory, level.pos, level.bias)
+        return [level._replace(memory=memory)]
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm encoder layer of Deformable DETR: multi-scale deformable self-attention
+    (queries = every cell of every level, plus positions), FFN."""
+
+    def __init__(self, spec: SAMLayerSpec) -> None:
+        super().__init__()
+        dim = spec.dim
+        self.self_attn = MultiScaleDeformableAttention(
+            dim, spec.num_heads, spec.num_levels, spec.deformable_points
+        )
+        self.norm1 = nn.LayerNorm(dim)
+        width = spec.enc_dim_feedforward or spec.dim_feedforward
+        self.linear1 = nn.Linear(dim, width)
+        self.linear2 = nn.Linear(width, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        sizes: List[Tuple[int, int]],
+        padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``src, pos (B, S, d)``, ``reference_points (B, S, L, 2)``, level sizes, padding
+        ``(B, S)`` -> ``(B, S, d)``."""
+        attended = self.self_attn(src + pos, reference_points, src, sizes, padding_mask)
+        src = self.norm1(src + self.dropout(attended))
+        return self.norm2(src + self.dropout(feed_forward(self, src)))
+
+
+def cell_centres(sizes: Sequence[Tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
+    """Reference points of the deformable encoder: the centre of every cell of every level,
+    in units of its image's unpadded extent, then seen on each level (whose padded extent
+    differs): ``valid_ratios (B, L, 2)`` -> ``(B, S, L, 2)`` (x, y), 0..1 across each padded
+    level."""
+    points = []
+    for level, (height, width) in enumerate(sizes):
+        ys, xs = torch.meshgrid(
+            torch.arange(height, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
+            torch.arange(width, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
+            indexing="ij",
+        )
+        xs = xs.reshape(1, -1) / (valid_ratios[:, level, None, 0] * width)
+        ys = ys.reshape(1, -1) / (valid_ratios[:, level, None, 1] * height)
+        points.append(torch.stack((xs, ys), dim=-1))  # (B, HW, 2)
+    return torch.cat(points, dim=1)[:, :, None] * valid_ratios[:, None]
+
+
+class DeformableEncoder(nn.ModuleList):
+    """The multi-scale encoder: ``ENC_LAYERS`` deformable layers over all L levels at once.
+    Owns the learnable level embeddings ``level_embed (L, d)``, added to each level's sine
+    embedding here and in the decoder."""
+
+    def __init__(self, spec: SAMLayerSpec, num_layers: int) -> None:
+        super().__init__(DeformableEncoderLayer(spec) for _ in range(num_layers))
+        self.level_embed = nn.Parameter(torch.empty(spec.num_levels, spec.dim))
+
+    def reset_parameters(self) -> None:
+        """Deformable attention's own initialisation and normal level embeddings, after the
+        transformer's Xavier pass (the official order)."""
+        for layer in self:
+            layer.self_attn.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, levels: Sequence[FeatureLevel]) -> List[FeatureLevel]:
+        """The levels with their memories encoded and level embeddings added to ``pos``."""
+        levels = [lv._replace(pos=lv.pos + embed) for lv, embed in zip(levels, self.level_embed)]
+        sizes = [lv.size for lv in levels]
+        src = torch.cat([lv.memory for lv in levels], dim=1)
+        pos = torch.cat([lv.pos for lv in levels], dim=1)
+        padding_mask = torch.cat([lv.mask for lv in levels], dim=1)
+        reference_points = cell_centres(
+            sizes, torch.stack([lv.valid_ratio for lv in levels], dim=1)
+        )
+        for layer in self:
+            src = layer(src, pos, reference_points, sizes, padding_mask)
+        memories = src.split([h * w for h, w in sizes], dim=1)
+        return [lv._replace(memory=memory) for lv, memory in zip(levels, memories)]
 
 
 class DetectionTransformer(nn.Module):
     """Encoder, a decoder of ``decoder_layer``s and per-layer box heads. Subclasses define
     the decoder and the learnable per-query parameters the detector owns for them
-    (``query_parameters``: the name of its ``nn.Embedding`` and its width)."""
+    (``query_parameters``: the name of its ``nn.Embedding`` and its width). With several
+    feature levels the encoder is deformable and decoder layer i reads level
+    ``decoder_levels[i]``."""
 
     decoder_layer: type  # built from the SAMLayerSpec, DEC_LAYERS times
 
-    def __init__(self, spec: SAMLayerSpec, enc_layers: int, dec_layers: int) -> None:
+    def __init__(
+        self,
+        spec: SAMLayerSpec,
+        enc_layers: int,
+        dec_layers: int,
+        decoder_levels: Sequence[int] = (),
+    ) -> None:
+        """``decoder_levels``: per decoder layer, the index of its feature level (empty: the
+        last level for every layer)."""
         super().__init__()
         dim = spec.dim
         self.dim = dim
-        self.encoder = Encoder(spec, enc_layers)
+        self.decoder_levels = list(decoder_levels) or [spec.num_levels - 1] * dec_layers
+        encoder = Encoder if spec.num_levels == 1 else DeformableEncoder
+        self.encoder = encoder(spec, enc_layers)
         self.decoder = nn.ModuleList(self.decoder_layer(spec) for _ in range(dec_layers))
         # Xavier on every matrix of the encoder and decoder layers (official init).
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        self.encoder.reset_parameters()
         # Box heads are created after the Xavier pass, with Linear's default init.
         self.bbox_embed = nn.ModuleList(
             MLP(dim, [dim] * (BOX_HEAD_LAYERS - 1), BOX_DIMS) for _ in range(dec_layers)
@@ -411,14 +516,15 @@ class DetectionTransformer(nn.Module):
         raise NotImplementedError
 
     def encode(
-        self, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` -> encoded ``memory (B, HW, d)``, its
-        sine embedding ``(B, HW, d)`` and the padding bias ``(B, 1, 1, HW)``."""
-        memory = src.flatten(2).transpose(1, 2)
-        memory_pos = pos.flatten(2).transpose(1, 2)
-        bias = padding_bias(mask.flatten(1), memory.dtype)
-        return self.encoder(memory, memory_pos, bias), memory_pos, bias
+        self,
+        srcs: Sequence[torch.Tensor],
+        pos: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+    ) -> List[FeatureLevel]:
+        """Per level ``src, pos (B, d, H, W)``, ``mask (B, H, W)`` -> the encoded levels, one
+        per decoder layer."""
+        levels = self.encoder([FeatureLevel.from_map(*level) for level in zip(srcs, pos, masks)])
+        return [levels[i] for i in self.decoder_levels]
 
 
 class SAMTransformer(DetectionTransformer):
@@ -426,8 +532,8 @@ class SAMTransformer(DetectionTransformer):
 
     decoder_layer = SAMDecoderLayer
 
-    def __init__(self, spec: SAMLayerSpec, enc_layers: int, dec_layers: int) -> None:
-        super().__init__(spec, enc_layers, dec_layers)
+    def __init__(self, spec: SAMLayerSpec, *args, **kwargs) -> None:
+        super().__init__(spec, *args, **kwargs)
         # Box heads predict refinements: zero last layer (official init).
         for head in self.bbox_embed:
             nn.init.zeros_(head.layers[-1].weight)
@@ -440,33 +546,35 @@ class SAMTransformer(DetectionTransformer):
 
     def forward(
         self,
-        src: torch.Tensor,
-        pos: torch.Tensor,
-        mask: torch.Tensor,
+        srcs: Sequence[torch.Tensor],
+        pos: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
         reference_logits: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            src: ``(B, d, H, W)`` projected backbone features.
-            pos: ``(B, d, H, W)`` sine embedding of the map.
-            mask: ``(B, H, W)`` bool, True on padding.
+            srcs: per level ``(B, d, H, W)`` projected backbone features.
+            pos: per level ``(B, d, H, W)`` sine embedding of the map.
+            masks: per level ``(B, H, W)`` bool, True on padding.
             reference_logits: ``(N, 4)`` learnable reference boxes, before sigmoid.
         Returns:
             hidden states ``(L, B, N, d)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in
             [0, 1] of each unpadded image), one per decoder layer.
         """
-        B, _, height, width = src.shape
-        valid_ratio = torch.stack(
-            [(~mask[:, 0, :]).sum(1) / width, (~mask[:, :, 0]).sum(1) / height], dim=-1
-        ).to(src.dtype)
-        memory, memory_pos, bias = self.encode(src, pos, mask)
-
-        queries = memory.new_zeros(B, reference_logits.shape[0], self.dim)
+        levels = self.encode(srcs, pos, masks)
+        B = srcs[0].shape[0]
+        queries = levels[0].memory.new_zeros(B, reference_logits.shape[0], self.dim)
         logits = reference_logits.expand(B, -1, -1)
         hidden_states, boxes = [], []
-        for layer, box_head in zip(self.decoder, self.bbox_embed):
+        for layer, box_head, level in zip(self.decoder, self.bbox_embed, levels):
             queries = layer(
-                queries, memory, memory_pos, bias, (height, width), valid_ratio, logits.sigmoid()
+                queries,
+                level.memory,
+                level.pos,
+                level.bias,
+                level.size,
+                level.valid_ratio,
+                logits.sigmoid(),
             )
             logits = logits + box_head(queries)
             hidden_states.append(queries)
@@ -488,23 +596,31 @@ class BaselineDETRTransformer(DetectionTransformer):
         return "query_pos", self.dim
 
     def forward(
-        self, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, query_pos: torch.Tensor
+        self,
+        srcs: Sequence[torch.Tensor],
+        pos: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        query_pos: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`SAMTransformer.forward`, with ``query_pos (N, d)``."""
-        memory, memory_pos, bias = self.encode(src, pos, mask)
-        query_pos = query_pos.expand(src.shape[0], -1, -1)
+        levels = self.encode(srcs, pos, masks)
+        query_pos = query_pos.expand(srcs[0].shape[0], -1, -1)
         queries = torch.zeros_like(query_pos)
         hidden_states, boxes = [], []
-        for layer, box_head in zip(self.decoder, self.bbox_embed):
-            queries = layer(queries, query_pos, memory, memory_pos, bias)
+        for layer, box_head, level in zip(self.decoder, self.bbox_embed, levels):
+            queries = layer(queries, query_pos, level.memory, level.pos, level.bias)
             hidden_states.append(queries)
             boxes.append(box_head(queries).sigmoid())
         return torch.stack(hidden_states), torch.stack(boxes)
 
 
 def build_transformer(
-    spec: SAMLayerSpec, enc_layers: int, dec_layers: int, semantic_aligned_matching: bool
+    spec: SAMLayerSpec,
+    enc_layers: int,
+    dec_layers: int,
+    semantic_aligned_matching: bool,
+    decoder_levels: Sequence[int] = (),
 ) -> DetectionTransformer:
     """SAM-DETR's transformer, or the baseline DETR's without semantic-aligned matching."""
     transformer = SAMTransformer if semantic_aligned_matching else BaselineDETRTransformer
-    return transformer(spec, enc_layers, dec_layers)
+    return transformer(spec, enc_layers, dec_layers, decoder_levels)

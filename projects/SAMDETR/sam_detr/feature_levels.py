@@ -1,0 +1,46 @@
+"""One level of the feature pyramid as the transformer sees it: the projected map flattened
+to a sequence, its sine embedding, its padding, its size and its unpadded fraction.
+Single-scale SAM-DETR has one level (res5, or res5 dilated); multi-scale has three (res3,
+res4, res5), which the deformable encoder attends jointly and the decoder layers take one
+at a time."""
+
+from typing import NamedTuple, Tuple
+
+import torch
+
+__all__ = ["FeatureLevel", "padding_bias"]
+
+
+def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, S)`` bool, True on padding -> ``(B, 1, 1, S)`` additive bias (0 or -inf)."""
+    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+
+
+class FeatureLevel(NamedTuple):
+    """A feature map of B images, d channels, H x W cells, flattened row by row."""
+
+    memory: torch.Tensor  # (B, HW, d) features (encoded, once the encoder has run)
+    pos: torch.Tensor  # (B, HW, d) sine embedding (plus the level embedding, multi-scale)
+    mask: torch.Tensor  # (B, HW) bool, True on padding
+    bias: torch.Tensor  # (B, 1, 1, HW) additive attention bias, -inf on padding
+    size: Tuple[int, int]  # (H, W)
+    valid_ratio: torch.Tensor  # (B, 2) unpadded fraction (w, h) of the map
+
+    @classmethod
+    def from_map(cls, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> "FeatureLevel":
+        """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` (True on padding) -> a level."""
+        height, width = src.shape[-2:]
+        valid_ratio = torch.stack(
+            [(~mask[:, 0, :]).sum(1) / width, (~mask[:, :, 0]).sum(1) / height], dim=-1
+        ).to(src.dtype)
+        memory = src.flatten(2).transpose(1, 2)
+        flat_mask = mask.flatten(1)
+        return cls(
+            memory=memory,
+            pos=pos.flatten(2).transpose(1, 2),
+            mask=flat_mask,
+            bias=padding_bias(flat_mask, memory.dtype),
+            size=(height, width),
+            valid_ratio=valid_ratio,
+        )
