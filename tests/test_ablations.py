@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from detectron2.utils.events import EventStorage
 from sam_detr.position_encoding import embed_points
 from sam_detr.semantics_aligner import (
     ImageRangeSalientPointAligner,
@@ -167,11 +168,9 @@ def test_baseline_has_no_semantics_aligner_and_predicts_boxes_directly():
     torch.testing.assert_close(out["pred_boxes"], expected)
 
 
-@pytest.mark.parametrize("name", list(STUDY_VARIANTS))
-def test_every_study_variant_trains_and_infers(name):
-    model = small_model("sam_detr_R50.yaml", *STUDY_VARIANTS[name].overrides)
-    from detectron2.utils.events import EventStorage
-
+def check_trains_and_infers(model) -> None:
+    """One training step of the small model gives a finite loss and a gradient to every
+    trainable parameter; inference returns every (query, class) pair."""
     batch = [image_with_boxes(64, 96, [[10, 10, 50, 40]], [1]), image_with_boxes(80, 64, [], [])]
     with EventStorage():
         losses = model(batch)
@@ -183,6 +182,11 @@ def test_every_study_variant_trains_and_infers(name):
     with torch.no_grad():
         result = model.eval()([{"image": torch.rand(3, 64, 96) * 255}])
     assert len(result[0]["instances"]) == 10 * 5  # every (query, class) of the small model
+
+
+@pytest.mark.parametrize("name", list(STUDY_VARIANTS))
+def test_every_study_variant_trains_and_infers(name):
+    check_trains_and_infers(small_model("sam_detr_R50.yaml", *STUDY_VARIANTS[name].overrides))
 
 
 @pytest.mark.parametrize(
