@@ -146,3 +146,21 @@ def test_official_multiscale_checkpoints_pick_their_config_or_are_refused():
         detect_variant(_official(multiscale=True, dilation=True))
     with pytest.raises(NotAnOfficialCheckpoint, match="dec_layers=3"):
         detect_variant(_official(multiscale=True, dec_layers=3))
+
+
+def test_bfloat16_inference_follows_float32():
+    """With TEST.AMP (bfloat16 on a CPU) the deformable encoder keeps its reference points and
+    sampling locations in float32 (cell centres like 152.5 are not bfloat16 numbers)."""
+    model = small_model("sam_detr_R50_MS.yaml", *MULTI_SCALE).eval()
+    amp = small_model("sam_detr_R50_MS.yaml", *MULTI_SCALE, "TEST.AMP.ENABLED", True).eval()
+    image = [{"image": torch.rand(3, 96, 160) * 255}]
+    seen = []
+    amp.transformer.encoder[0].self_attn.register_forward_hook(
+        lambda module, args, output: seen.append((args[1].dtype, output.dtype))
+    )
+    with torch.no_grad():
+        reference = model.inference(image, do_postprocess=False)["pred_logits"]
+        logits = amp.inference(image, do_postprocess=False)["pred_logits"]
+    assert seen == [(torch.float32, torch.bfloat16)]  # float32 points, bfloat16 features
+    error = (logits - reference).abs().max() / reference.std()
+    assert 0 < error < 0.1

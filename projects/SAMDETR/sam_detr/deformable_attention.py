@@ -113,8 +113,9 @@ class MultiScaleDeformableAttention(nn.Module):
         value = value.view(B, value.shape[1], M, -1)
         offsets = self.sampling_offsets(query).view(B, Q, M, L, P, _XY)
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1)
-        # Offsets are in cells of each level: divide by its (W, H).
-        cells = torch.tensor([[w, h] for h, w in sizes], dtype=query.dtype, device=query.device)
+        # Offsets are in cells of each level: divide by its (W, H), in float32 (locations are
+        # fractions of up to ~200 cells, too fine for bfloat16).
+        cells = torch.tensor([[w, h] for h, w in sizes], dtype=torch.float32, device=query.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / cells[:, None, :]
         out = deformable_sampling(value, sizes, locations, weights.view(B, Q, M, L, P))
         return self.output_proj(out)

@@ -8,13 +8,20 @@ from typing import NamedTuple, Tuple
 
 import torch
 
-__all__ = ["FeatureLevel", "padding_bias"]
+__all__ = ["FeatureLevel", "padding_bias", "unpadded_ratio"]
 
 
 def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``(B, S)`` bool, True on padding -> ``(B, 1, 1, S)`` additive bias (0 or -inf)."""
     bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
     return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+
+
+def unpadded_ratio(mask: torch.Tensor) -> torch.Tensor:
+    """``mask (B, H, W)`` bool, True on padding -> ``(B, 2)`` float32 unpadded fraction
+    (w, h) of the map."""
+    height, width = mask.shape[-2:]
+    return torch.stack([(~mask[:, 0, :]).sum(1) / width, (~mask[:, :, 0]).sum(1) / height], -1)
 
 
 class FeatureLevel(NamedTuple):
@@ -25,15 +32,11 @@ class FeatureLevel(NamedTuple):
     mask: torch.Tensor  # (B, HW) bool, True on padding
     bias: torch.Tensor  # (B, 1, 1, HW) additive attention bias, -inf on padding
     size: Tuple[int, int]  # (H, W)
-    valid_ratio: torch.Tensor  # (B, 2) unpadded fraction (w, h) of the map
+    valid_ratio: torch.Tensor  # (B, 2) unpadded fraction (w, h) of the map, in src's dtype
 
     @classmethod
     def from_map(cls, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> "FeatureLevel":
         """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` (True on padding) -> a level."""
-        height, width = src.shape[-2:]
-        valid_ratio = torch.stack(
-            [(~mask[:, 0, :]).sum(1) / width, (~mask[:, :, 0]).sum(1) / height], dim=-1
-        ).to(src.dtype)
         memory = src.flatten(2).transpose(1, 2)
         flat_mask = mask.flatten(1)
         return cls(
@@ -41,6 +44,6 @@ class FeatureLevel(NamedTuple):
             pos=pos.flatten(2).transpose(1, 2),
             mask=flat_mask,
             bias=padding_bias(flat_mask, memory.dtype),
-            size=(height, width),
-            valid_ratio=valid_ratio,
+            size=tuple(src.shape[-2:]),
+            valid_ratio=unpadded_ratio(mask).to(src.dtype),
         )

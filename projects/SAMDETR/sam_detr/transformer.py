@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .deformable_attention import MultiScaleDeformableAttention
-from .feature_levels import FeatureLevel
+from .feature_levels import FeatureLevel, unpadded_ratio
 from .mlp import MLP
 from .position_encoding import embed_points
 from .semantics_aligner import build_semantics_aligner
@@ -430,7 +430,8 @@ def cell_centres(sizes: Sequence[Tuple[int, int]], valid_ratios: torch.Tensor) -
     """Reference points of the deformable encoder: the centre of every cell of every level,
     in units of its image's unpadded extent, then seen on each level (whose padded extent
     differs): ``valid_ratios (B, L, 2)`` -> ``(B, S, L, 2)`` (x, y), 0..1 across each padded
-    level."""
+    level. In float32 (``valid_ratios`` too) whatever the precision: cell centres like 152.5
+    are not bfloat16 numbers."""
     points = []
     for level, (height, width) in enumerate(sizes):
         ys, xs = torch.meshgrid(
@@ -467,9 +468,9 @@ class DeformableEncoder(nn.ModuleList):
         src = torch.cat([lv.memory for lv in levels], dim=1)
         pos = torch.cat([lv.pos for lv in levels], dim=1)
         padding_mask = torch.cat([lv.mask for lv in levels], dim=1)
-        reference_points = cell_centres(
-            sizes, torch.stack([lv.valid_ratio for lv in levels], dim=1)
-        )
+        # Valid ratios in float32 (the levels carry them in the features' precision).
+        ratios = [unpadded_ratio(lv.mask.unflatten(1, lv.size)) for lv in levels]
+        reference_points = cell_centres(sizes, torch.stack(ratios, dim=1))
         for layer in self:
             src = layer(src, pos, reference_points, sizes, padding_mask)
         memories = src.split([h * w for h, w in sizes], dim=1)
