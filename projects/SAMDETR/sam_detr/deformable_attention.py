@@ -95,6 +95,7 @@ class MultiScaleDeformableAttention(nn.Module):
         reference_points: torch.Tensor,
         value: torch.Tensor,
         sizes: List[Tuple[int, int]],
+        extents: torch.Tensor,
         padding_mask: torch.Tensor,
     ) -> torch.Tensor:
         """
@@ -103,6 +104,8 @@ class MultiScaleDeformableAttention(nn.Module):
             reference_points: ``(B, Q, L, 2)`` (x, y), 0..1 across each padded level.
             value: ``(B, S, d)`` the L levels flattened and concatenated.
             sizes: ``[(H_l, W_l)]``.
+            extents: ``(L, 2)`` float32 ``(W_l, H_l)``, the same sizes on the device (made
+                once per forward by the caller: a host-to-device copy waits for the device).
             padding_mask: ``(B, S)`` True on padding (those values are zeroed).
         Returns:
             ``(B, Q, d)``.
@@ -115,7 +118,6 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1)
         # Offsets are in cells of each level: divide by its (W, H), in float32 (locations are
         # fractions of up to ~200 cells, too fine for bfloat16).
-        cells = torch.tensor([[w, h] for h, w in sizes], dtype=torch.float32, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / cells[:, None, :]
+        locations = reference_points[:, :, None, :, None, :] + offsets / extents[:, None, :]
         out = deformable_sampling(value, sizes, locations, weights.view(B, Q, M, L, P))
         return self.output_proj(out)

@@ -417,11 +417,12 @@ class DeformableEncoderLayer(nn.Module):
         pos: torch.Tensor,
         reference_points: torch.Tensor,
         sizes: List[Tuple[int, int]],
+        extents: torch.Tensor,
         padding_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """``src, pos (B, S, d)``, ``reference_points (B, S, L, 2)``, level sizes, padding
-        ``(B, S)`` -> ``(B, S, d)``."""
-        attended = self.self_attn(src + pos, reference_points, src, sizes, padding_mask)
+        """``src, pos (B, S, d)``, ``reference_points (B, S, L, 2)``, level sizes as numbers
+        and as an ``(L, 2)`` tensor of (W, H), padding ``(B, S)`` -> ``(B, S, d)``."""
+        attended = self.self_attn(src + pos, reference_points, src, sizes, extents, padding_mask)
         src = self.norm1(src + self.dropout(attended))
         return self.norm2(src + self.dropout(feed_forward(self, src)))
 
@@ -471,8 +472,9 @@ class DeformableEncoder(nn.ModuleList):
         # Valid ratios in float32 (the levels carry them in the features' precision).
         ratios = [unpadded_ratio(lv.mask.unflatten(1, lv.size)) for lv in levels]
         reference_points = cell_centres(sizes, torch.stack(ratios, dim=1))
+        extents = torch.tensor([[w, h] for h, w in sizes], dtype=torch.float32, device=src.device)
         for layer in self:
-            src = layer(src, pos, reference_points, sizes, padding_mask)
+            src = layer(src, pos, reference_points, sizes, extents, padding_mask)
         memories = src.split([h * w for h, w in sizes], dim=1)
         return [lv._replace(memory=memory) for lv, memory in zip(levels, memories)]
 
