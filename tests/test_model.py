@@ -121,6 +121,38 @@ def test_losses_are_float32_under_autocast():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.parametrize("scope", ["model", "backbone"])
+def test_amp_scope_decides_what_runs_in_bfloat16(scope):
+    """SOLVER.AMP.SCOPE "backbone": under autocast only the backbone computes in bfloat16;
+    the transformer reads float32 features and its layers output float32."""
+    model = small_model("sam_detr_R50.yaml", "SOLVER.AMP.SCOPE", scope)
+    model.train()
+    seen = {}
+
+    def record(name, output):
+        seen[name] = output.dtype  # returns None: the output is kept
+
+    hooks = [
+        model.backbone.register_forward_hook(
+            lambda m, i, out: record("backbone", next(iter(out.values())))
+        ),
+        model.transformer.decoder[-1].register_forward_hook(
+            lambda m, i, out: record("decoder", out)
+        ),
+    ]
+    batch = [image_with_boxes(64, 96, [[10, 10, 50, 40]], [2])]
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    for hook in hooks:
+        hook.remove()
+    sum(losses.values()).backward()
+    inner = torch.bfloat16 if scope == "model" else torch.float32
+    assert seen == {"backbone": torch.bfloat16, "decoder": inner}
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with pytest.raises(ValueError, match="SOLVER.AMP.SCOPE must be one of"):
+        small_model("sam_detr_R50.yaml", "SOLVER.AMP.SCOPE", "transformer")
+
+
 def test_reference_boxes_are_detached_between_layers():
     # Only the last layer is supervised: the first box head refines the next layer's
     # reference boxes, which carry no gradient, so it must receive none.

@@ -112,3 +112,18 @@ def test_plot_losses_reads_metrics_json(study_dir, tmp_path):
     broken.write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "tot')
     with pytest.raises(SystemExit, match="line 2: not a JSON record"):
         tool.read_series(str(broken), tool.LOSSES)
+
+
+@pytest.mark.parametrize("name", list(study.VARIANTS))
+def test_every_variant_is_valid_on_the_demo_config(name):
+    """Each variant's command, read on the demo's config (SMCA on), gives a valid config with
+    SMCA only where the variant asks for it (the paper's Tables 2-3 are without SMCA)."""
+    from sam_detr.config import get_sam_detr_cfg, validate_sam_detr_config
+
+    args = study.parse_args(["--variants", name])
+    cmd = study.train_command(args, name, resume=False)
+    overrides = cmd[cmd.index(study.DEMO_CONFIG) + 1 :]
+    overrides = overrides[overrides.index("OUTPUT_DIR") :]
+    cfg = get_sam_detr_cfg(study.DEMO_CONFIG, overrides)
+    validate_sam_detr_config(cfg)
+    assert cfg.MODEL.SAM_DETR.SMCA == (name == "smca")

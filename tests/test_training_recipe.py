@@ -12,6 +12,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import sam_detr.precision as precision_module
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import BoxMode
@@ -176,6 +177,18 @@ def test_precision_choice():
         build_precision(True, "float16", "cpu", scale=True)
     with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE must be"):
         build_precision(True, "fp8", "cpu", scale=True)
+
+
+def test_auto_precision_stays_float32_where_bfloat16_is_emulated(monkeypatch, caplog):
+    """A CPU without native bfloat16 (most laptops; this machine has it, so its detection is
+    replaced here) trains "auto" mixed precision in float32, and says so; an explicit
+    bfloat16 is still honoured."""
+    monkeypatch.setattr(precision_module, "cpu_has_native_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger=precision_module.__name__):
+        chosen = build_precision(True, "auto", "cpu", scale=True)
+    assert type(chosen) is Precision and "running in float32" in caplog.text
+    assert isinstance(build_precision(True, "bfloat16", "cpu", scale=True), MixedPrecision)
+    assert type(build_precision(True, "auto", "cuda", scale=True)) is ScaledMixedPrecision
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

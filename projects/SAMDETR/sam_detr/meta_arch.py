@@ -22,7 +22,7 @@ from .config import validate_sam_detr_config
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
-from .precision import Precision, build_precision
+from .precision import AMP_SCOPES, AutocastScope, Precision, build_precision
 from .transformer import DetectionTransformer, SAMLayerSpec, build_transformer
 
 __all__ = ["SAMDETR", "check_image"]
@@ -94,6 +94,7 @@ class SAMDETR(nn.Module):
         strict_weights: bool = True,
         channels_last: bool = True,
         inference_precision: Optional[Precision] = None,
+        amp_scope: AutocastScope = AutocastScope(),
     ) -> None:
         """
         Args:
@@ -116,11 +117,13 @@ class SAMDETR(nn.Module):
             strict_weights: refuse to load a state_dict that misses or adds tensors.
             channels_last: run the backbone in channels-last memory format.
             inference_precision: float32 (None) or mixed precision of :meth:`inference`.
+            amp_scope: what runs under autocast, when it is on (``SOLVER.AMP.SCOPE``).
         """
         super().__init__()
         self.backbone_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone = backbone.to(memory_format=self.backbone_format)
         self.inference_precision = inference_precision or Precision()
+        self.amp_scope = amp_scope
         shapes = backbone.output_shape()
         self.in_features = list(in_features) or [
             max(shapes, key=lambda name: shapes[name].stride)  # the coarsest
@@ -229,6 +232,7 @@ class SAMDETR(nn.Module):
             "inference_precision": build_precision(
                 cfg.TEST.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False
             ),
+            "amp_scope": AMP_SCOPES[cfg.SOLVER.AMP.SCOPE](),
         }
 
     @property
@@ -269,15 +273,17 @@ class SAMDETR(nn.Module):
         each unpadded image) of all L decoder layers."""
         pixels = pixels.contiguous(memory_format=self.backbone_format)
         features = self.backbone(pixels)
-        srcs, pos, masks = [], [], []
-        for name, projection in zip(self.in_features, self.level_projections):
-            level_mask = downsample_mask(mask, features[name].shape[-2:])
-            srcs.append(projection(features[name]))
-            pos.append(self.position_embedding(level_mask).to(features[name].dtype))
-            masks.append(level_mask)
-        query_parameters = getattr(self, self.query_parameters_name).weight
-        hidden, boxes = self.transformer(srcs, pos, masks, query_parameters)
-        logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden)])
+        with self.amp_scope.region(self.device.type):
+            srcs, pos, masks = [], [], []
+            for name, projection in zip(self.in_features, self.level_projections):
+                feature = self.amp_scope.inputs(features[name])
+                level_mask = downsample_mask(mask, feature.shape[-2:])
+                srcs.append(projection(feature))
+                pos.append(self.position_embedding(level_mask).to(feature.dtype))
+                masks.append(level_mask)
+            query_parameters = getattr(self, self.query_parameters_name).weight
+            hidden, boxes = self.transformer(srcs, pos, masks, query_parameters)
+            logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden)])
         return logits, boxes
 
     def forward(self, batched_inputs: List[Dict]):

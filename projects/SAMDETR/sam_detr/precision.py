@@ -14,11 +14,14 @@ from typing import Any, ContextManager, Dict, Optional, Union
 import torch
 
 __all__ = [
+    "AMP_SCOPES",
+    "AutocastScope",
     "Precision",
     "MixedPrecision",
     "ScaledMixedPrecision",
     "build_precision",
     "check_amp_dtype",
+    "check_amp_scope",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,8 +127,8 @@ def build_precision(
 
     Args:
         enabled: mixed precision on (``SOLVER.AMP.ENABLED`` / ``TEST.AMP.ENABLED``).
-        dtype: ``SOLVER.AMP.DTYPE``: "auto" (float16 on CUDA, bfloat16 on CPUs),
-            "float16" or "bfloat16".
+        dtype: ``SOLVER.AMP.DTYPE``: "auto" (float16 on CUDA, bfloat16 on CPUs with native
+            bfloat16, float32 on other CPUs), "float16" or "bfloat16".
         device: where the model runs.
         scale: use gradient scaling with float16 (training).
     """
@@ -133,13 +136,21 @@ def build_precision(
         return Precision()
     device = torch.device(device)
     check_amp_dtype(dtype)
+    emulated = device.type == "cpu" and not cpu_has_native_bfloat16()
+    if dtype == AUTO and emulated:
+        logger.warning(
+            "SOLVER.AMP.DTYPE auto: this CPU has no native bfloat16 (AVX512-BF16 / AMX), on "
+            "which mixed precision is emulated and slower than float32: running in float32. "
+            "Set SOLVER.AMP.DTYPE bfloat16 to use it anyway."
+        )
+        return Precision()
     if dtype == AUTO:
         dtype = "float16" if device.type == "cuda" else "bfloat16"
     if device.type == "cpu" and dtype == "float16":
         raise ValueError(
             "SOLVER.AMP.DTYPE float16 is not supported on the CPU; use bfloat16 (or auto)."
         )
-    if device.type == "cpu" and not cpu_has_native_bfloat16():
+    if emulated:
         logger.warning(
             "This CPU has no native bfloat16 (AVX512-BF16 / AMX): mixed precision will be "
             "emulated and slower than float32."
@@ -147,3 +158,37 @@ def build_precision(
     if dtype == "float16" and scale:
         return ScaledMixedPrecision(device.type)
     return MixedPrecision(device.type, DTYPES[dtype])
+
+
+class AutocastScope:
+    """SOLVER.AMP.SCOPE "model": what follows the backbone runs under the caller's autocast, as
+    the backbone does (matching and losses excepted)."""
+
+    def region(self, device_type: str) -> ContextManager:
+        """Context for the transformer and heads."""
+        return contextlib.nullcontext()
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A backbone output, as the transformer reads it."""
+        return x
+
+
+class BackboneOnlyScope(AutocastScope):
+    """SOLVER.AMP.SCOPE "backbone": the transformer and heads run in float32, autocast off,
+    on float32 backbone features."""
+
+    def region(self, device_type: str) -> ContextManager:
+        return torch.autocast(device_type, enabled=False)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
+# Values of SOLVER.AMP.SCOPE.
+AMP_SCOPES = {"model": AutocastScope, "backbone": BackboneOnlyScope}
+
+
+def check_amp_scope(scope: str) -> None:
+    """Raise ``ValueError`` unless ``scope`` is a value of ``SOLVER.AMP.SCOPE``."""
+    if scope not in AMP_SCOPES:
+        raise ValueError(f"SOLVER.AMP.SCOPE must be one of {tuple(AMP_SCOPES)}, got {scope!r}.")
