@@ -1,5 +1,5 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores, 10-21 minutes here), print Detectron2's COCO table and `copypaste:` lines, draw the
+# cores, 9-19 minutes here), print Detectron2's COCO table and `copypaste:` lines, draw the
 # predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/, what the last
 # decoder layer looks at (reference boxes, salient points, attention maps per head) into
 # $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png; then export
@@ -10,9 +10,9 @@ PYTHON ?= .venv/bin/python
 DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
 DEMO_OUTPUT ?= output/demo
 DEMO_ENV ?= PYTHONPATH=projects/SAMDETR$${PYTHONPATH:+:$$PYTHONPATH}
-# Extra config overrides, e.g. a shorter schedule or mixed precision:
+# Extra config overrides, e.g. a shorter schedule or float32 throughout:
 #   make demo DEMO_OPTS='SOLVER.MAX_ITER 2000'
-#   make demo DEMO_OPTS='SOLVER.AMP.ENABLED True'
+#   make demo DEMO_OPTS='SOLVER.AMP.ENABLED False'
 DEMO_OPTS ?=
 # Boxes drawn in the prediction images: focal-loss scores of a short training stay low.
 DEMO_MIN_SCORE ?= 0.3

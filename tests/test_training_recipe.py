@@ -165,6 +165,35 @@ def test_train_step_clips_the_full_model_gradient_norm():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_float16_scaling_with_the_fused_optimizer_skips_overflowing_steps():
+    """float16 with gradient scaling (the CUDA recipe; CPU autocast runs float16 as well) and
+    the fused AdamW: a step whose scaled gradients overflow updates nothing and is not counted
+    as a failure, the scale is halved; at a scale that fits, the step updates the weights."""
+    cfg = paper_cfg()
+    batch = [torch.randn(3, 12, 12) for _ in range(2)]
+    for init_scale, overflows in ((2.0**40, True), (1.0, False)):
+        torch.manual_seed(0)
+        model = _ToyDetector()
+        opt = build_optimizer(cfg, model)
+        assert opt.defaults["fused"]
+        precision = ScaledMixedPrecision("cpu")
+        precision.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        step = SAMDETRTrainStep(
+            model,
+            opt,
+            loader_factory=lambda seed, start: itertools.repeat(batch),
+            precision=precision,
+            seed=0,
+            clip_norm=cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE,
+        )
+        before = [p.detach().clone() for p in model.head.parameters()]
+        with EventStorage(0):
+            step.run_step()
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, model.head.parameters()))
+        assert unchanged == overflows and step.skipped_steps == 0
+        assert precision.scaler.get_scale() == (init_scale / 2 if overflows else init_scale)
+
+
 def test_precision_choice():
     assert str(build_precision(False, "auto", "cpu", scale=True)) == "float32"
     cpu = build_precision(True, "auto", "cpu", scale=True)

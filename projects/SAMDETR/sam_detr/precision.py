@@ -4,7 +4,9 @@
 with gradient scaling on CUDA (steps whose scaled gradients overflow are skipped by the
 scaler, by design, and lower the scale), or bfloat16 (CUDA, or CPUs with native bfloat16
 such as AVX512-BF16 / AMX), which needs no scaling. Matching and losses run in float32 in
-every mode (the model turns autocast off around them).
+every mode (the model turns autocast off around them). ``SOLVER.AMP.SCOPE`` (an
+:class:`AutocastScope`, chosen when the model is built) says whether the transformer and heads
+run under autocast too or in float32 after a mixed-precision backbone.
 """
 
 import contextlib
