@@ -8,7 +8,10 @@ from train_net_helpers import TINY_CONFIG, load_tool
 
 @pytest.mark.parametrize(
     "task, extra",
-    [("train", ["SOLVER.AMP.ENABLED", "True"]), ("inference", ["--profile"])],
+    [
+        ("train", ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"]),
+        ("inference", ["--profile"]),
+    ],
 )
 def test_benchmark_reports_times_speed_and_memory(task, extra, capsys):
     tool = load_tool("benchmark")

@@ -255,7 +255,9 @@ def test_folding_frozen_batchnorm_keeps_outputs_and_state_dict():
 
 def test_bfloat16_inference_follows_float32():
     fp32 = small_model("sam_detr_R50.yaml").eval()
-    bf16 = small_model("sam_detr_R50.yaml", "TEST.AMP.ENABLED", True).eval()
+    bf16 = small_model(
+        "sam_detr_R50.yaml", "TEST.AMP.ENABLED", True, "SOLVER.AMP.DTYPE", "bfloat16"
+    ).eval()
     bf16.load_state_dict(fp32.state_dict())
     batch = [{"image": torch.rand(3, 64, 96) * 255}]
     with torch.no_grad():

@@ -152,7 +152,14 @@ def test_bfloat16_inference_follows_float32():
     """With TEST.AMP (bfloat16 on a CPU) the deformable encoder keeps its reference points and
     sampling locations in float32 (cell centres like 152.5 are not bfloat16 numbers)."""
     model = small_model("sam_detr_R50_MS.yaml", *MULTI_SCALE).eval()
-    amp = small_model("sam_detr_R50_MS.yaml", *MULTI_SCALE, "TEST.AMP.ENABLED", True).eval()
+    amp = small_model(
+        "sam_detr_R50_MS.yaml",
+        *MULTI_SCALE,
+        "TEST.AMP.ENABLED",
+        True,
+        "SOLVER.AMP.DTYPE",
+        "bfloat16"
+    ).eval()
     image = [{"image": torch.rand(3, 96, 160) * 255}]
     seen = []
     amp.transformer.encoder[0].self_attn.register_forward_hook(
