@@ -1,10 +1,10 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores, 9-19 minutes here), print Detectron2's COCO table and `copypaste:` lines, draw the
-# predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/, what the last
-# decoder layer looks at (reference boxes, salient points, attention maps per head) into
-# $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png; then export
-# the model to ONNX ($(DEMO_OUTPUT)/export/model.onnx) and check it with onnxruntime on the same
-# validation images (it prints the largest difference to PyTorch).
+# cores, 19-21 minutes on a slow day here), print Detectron2's COCO table and `copypaste:`
+# lines, draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
+# what the last decoder layer looks at (reference boxes, salient points, attention maps per
+# head) into $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png;
+# then export the model to ONNX ($(DEMO_OUTPUT)/export/model.onnx) and check it with onnxruntime
+# on the same validation images (it prints the largest difference to PyTorch).
 # Included by the Makefile (`include demo.mk`), which provides the `env` target.
 PYTHON ?= .venv/bin/python
 DEMO_CONFIG ?= configs/demo/sam_detr_R18_synthetic.yaml
