@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from sam_detr import add_sam_detr_config
 from sam_detr.checkpoint import SAMDETRCheckpointer
 from sam_detr.dataset_checks import load_coco_dataset
+from sam_detr.denormals import apply_denormal_mode
 from sam_detr.inference import prepare_for_inference
 from sam_detr.launch import launch_job
 from sam_detr.trainer import Trainer, check_output_dir
@@ -54,6 +55,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         del setup_cfg["OUTPUT_DIR"]
     default_setup(setup_cfg, args)
     setup_logger(setup_cfg.get("OUTPUT_DIR"), distributed_rank=comm.get_rank(), name="sam_detr")
+    apply_denormal_mode(cfg)  # before the model is built: see sam_detr.denormals
     if fell_back_to_cpu:
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
     return cfg

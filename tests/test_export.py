@@ -2,8 +2,9 @@
 smaller transformer) exported to ONNX and to a ``torch.export`` program, and a tiny
 multi-scale model with SMCA exported to ONNX, compute, on images of
 three sizes, what the PyTorch model's ordinary inference path computes; the files are
-written whole and carry their metadata; tools/onnx_predict.py runs the ONNX file without
-PyTorch or Detectron2; the traceable RoIAlign equals the CPU one."""
+written whole and carry their metadata; the tool, run as a process on a checkpoint without
+the ONNX graph optimiser (as ``make demo``), checks its file, and tools/onnx_predict.py runs
+it without PyTorch or Detectron2; the traceable RoIAlign equals the CPU one."""
 
 import json
 import os
@@ -117,6 +118,7 @@ def test_export_tool_and_onnx_predict_on_a_checkpoint(tmp_path):
     out = tmp_path / "export"
     export = [sys.executable, os.path.join(REPO, "tools", "export_model.py")]
     export += ["--config-file", TINY_CONFIG, "--output", str(out), "--sample-image", str(image)]
+    export += ["--no-optimize"]  # as make demo; the tests above export optimised graphs
     export += ["MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "()"]
     done = subprocess.run(export, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -27,6 +27,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
+from sam_detr.denormals import apply_denormal_mode
 from sam_detr.inference import prepare_for_inference
 from sam_detr.precision import Precision, build_precision
 
@@ -91,6 +92,7 @@ def build_iteration(
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device] + list(args.opts)
     cfg = get_sam_detr_cfg(args.config_file, overrides)
+    apply_denormal_mode(cfg)
     torch.manual_seed(args.seed)
     model = build_model(cfg)
     height, width = (int(v) for v in args.image_size.lower().split("x"))

@@ -36,6 +36,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from sam_detr.checkpoint import SAMDETRCheckpointer
 from sam_detr.config import get_sam_detr_cfg
+from sam_detr.denormals import apply_denormal_mode
 from sam_detr.export import EXPORT_OUTPUTS, ExportableSAMDETR, dynamic_image_shapes
 from sam_detr.predictor import build_test_resize, model_input
 from torchvision.ops import box_convert
@@ -66,6 +67,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="without --sample-image: first images of DATASETS.TEST[0] to verify with",
     )
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ONNX: simplify the graph with onnxscript's optimiser (constant folding, "
+        "fusions; a quarter of the demo model's export time). onnxruntime optimises the graph "
+        "again when it loads it",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser.parse_args(argv)
 
@@ -128,8 +137,16 @@ class ProgramRunner:
             return {k: v.numpy() for k, v in zip(EXPORT_OUTPUTS, self.module(image))}
 
 
-def export(wrapper: ExportableSAMDETR, example: torch.Tensor, fmt: str, path: str, info: Dict):
-    """Write the exported model to ``path`` (atomically: a temporary name, then a rename)."""
+def export(
+    wrapper: ExportableSAMDETR,
+    example: torch.Tensor,
+    fmt: str,
+    path: str,
+    info: Dict,
+    optimize: bool = True,
+) -> None:
+    """Write the exported model to ``path`` (atomically: a temporary name, then a rename);
+    ``optimize``: simplify an ONNX graph (see ``--optimize``)."""
     stem, extension = os.path.splitext(os.path.basename(path))
     partial = os.path.join(os.path.dirname(path), f".{stem}.partial{extension}")
     with torch.no_grad():
@@ -141,7 +158,7 @@ def export(wrapper: ExportableSAMDETR, example: torch.Tensor, fmt: str, path: st
                 dynamic_shapes=dynamic_image_shapes(),
                 input_names=["image"],
                 output_names=list(EXPORT_OUTPUTS),
-                optimize=True,
+                optimize=optimize,
             )
             model = program.model_proto
             for key, value in info.items():
@@ -201,6 +218,7 @@ def main(args: argparse.Namespace) -> str:
             "MODEL.WEIGHTS is empty: the export would hold random weights. Set it to a "
             "checkpoint (or MODEL.SAM_DETR.STRICT_WEIGHTS False to export random weights)."
         )
+    apply_denormal_mode(cfg)
     model = build_model(cfg)
     SAMDETRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     reference = build_model(cfg)  # the ordinary inference path, for verification
@@ -214,7 +232,7 @@ def main(args: argparse.Namespace) -> str:
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, FORMATS[args.format])
     info = export_info(cfg)
-    export(wrapper, images[0], args.format, path, info)
+    export(wrapper, images[0], args.format, path, info, optimize=args.optimize)
     with open(os.path.join(args.output, INFO_FILE), "w") as f:
         json.dump(info, f, indent=1)
     runner = OnnxRunner(path) if args.format == "onnx" else ProgramRunner(path)

@@ -20,6 +20,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from .checkpoint import SAMDETRCheckpointer
+from .denormals import apply_denormal_mode
 from .inference import prepare_for_inference
 
 __all__ = ["SAMDETRPredictor", "build_test_resize", "check_bgr_image", "model_input"]
@@ -85,6 +86,7 @@ class SAMDETRPredictor(DefaultPredictor):
                 "weights, e.g. for timing)."
             )
         self.cfg = cfg.clone()
+        apply_denormal_mode(cfg)
         self.model = build_model(self.cfg)
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])

@@ -1,0 +1,97 @@
+"""Subnormal float32 numbers flushed to zero on every thread (``sam_detr.denormals``), each
+scenario in a fresh two-thread subprocess (the mode is per thread and per process): the
+entry points (``train_net.py``'s setup, ``SAMDETRPredictor``) set it before any intra-op
+thread starts, so a product spread over both threads has no subnormal left;
+``FLUSH_DENORMALS False`` keeps them all; and a call made after the threads started is
+reported, truthfully, as not reaching them."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from train_net_helpers import env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "sam_detr_R18_synthetic.yaml")
+THREADS = 2
+# Elements of the product checked by the test: many times PyTorch's grain size, so that both
+# intra-op threads compute part of it.
+ELEMENTS = 1 << 20
+
+# Counts the subnormal results of a product of two normal numbers (1e-30 * 1e-10 = 1e-40).
+COUNT_SUBNORMALS = f"""
+import torch
+product = torch.full(({ELEMENTS},), 1e-30) * 1e-10
+tiny = torch.finfo(torch.float32).tiny
+print("SUBNORMALS", int(((product != 0) & (product.abs() < tiny)).sum()))
+"""
+
+ENTRY_POINTS = {
+    "train_net": """
+        import train_net
+        args = train_net.argument_parser().parse_args(
+            ["--config-file", CONFIG, "OUTPUT_DIR", OUTPUT, "FLUSH_DENORMALS", FLUSH])
+        train_net.setup(args)
+    """,
+    "predictor": """
+        from sam_detr import SAMDETRPredictor
+        from sam_detr.config import get_sam_detr_cfg
+        cfg = get_sam_detr_cfg(CONFIG, ["MODEL.SAM_DETR.STRICT_WEIGHTS", "False",
+                                        "MODEL.DEVICE", "cpu", "FLUSH_DENORMALS", FLUSH])
+        SAMDETRPredictor(cfg)
+    """,
+}
+
+
+def _run(script: str, tmp_path) -> str:
+    e = env()
+    e["OMP_NUM_THREADS"] = str(THREADS)
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        env=e,
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    return r.stdout
+
+
+def _subnormals(output: str) -> int:
+    return int(output.split("SUBNORMALS")[-1].split()[0])
+
+
+# The key's two values through train_net.py; the predictor with the default.
+@pytest.mark.parametrize(
+    "entry_point,flush", [("train_net", True), ("train_net", False), ("predictor", True)]
+)
+def test_entry_points_flush_on_every_thread(entry_point, flush, tmp_path):
+    setup = textwrap.dedent(ENTRY_POINTS[entry_point])
+    script = (
+        f"CONFIG, OUTPUT, FLUSH = {DEMO_CONFIG!r}, {str(tmp_path / 'out')!r}, {str(flush)!r}\n"
+        + setup
+        + COUNT_SUBNORMALS
+    )
+    output = _run(script, tmp_path)
+    assert _subnormals(output) == (0 if flush else ELEMENTS)
+    assert "not on all of PyTorch's" not in output
+
+
+def test_threads_started_before_are_reported(tmp_path):
+    """A parallel operation before the call starts the second thread without the mode: the
+    call flushes on the main thread only, returns False and says so."""
+    script = textwrap.dedent(f"""
+        import logging, torch
+        logging.basicConfig()
+        torch.full(({ELEMENTS},), 1.0).sum()  # starts the intra-op threads
+        from sam_detr.denormals import flush_denormals
+        print("ALL THREADS", flush_denormals())
+        """)
+    output = _run(script + COUNT_SUBNORMALS, tmp_path)
+    assert "ALL THREADS False" in output
+    assert "not on all of PyTorch's 2 intra-op threads" in output
+    assert 0 < _subnormals(output) < ELEMENTS
