@@ -65,33 +65,35 @@ def _subnormals(output: str) -> int:
     return int(output.split("SUBNORMALS")[-1].split()[0])
 
 
-# The key's two values through train_net.py; the predictor with the default.
-@pytest.mark.parametrize(
-    "entry_point,flush", [("train_net", True), ("train_net", False), ("predictor", True)]
-)
-def test_entry_points_flush_on_every_thread(entry_point, flush, tmp_path):
-    setup = textwrap.dedent(ENTRY_POINTS[entry_point])
-    script = (
-        f"CONFIG, OUTPUT, FLUSH = {DEMO_CONFIG!r}, {str(tmp_path / 'out')!r}, {str(flush)!r}\n"
-        + setup
-        + COUNT_SUBNORMALS
+def _entry_point_script(entry_point: str, flush: bool, tmp_path) -> str:
+    constants = (
+        f"CONFIG, OUTPUT, FLUSH = {DEMO_CONFIG!r}, {str(tmp_path / 'out')!r}, {str(flush)!r}"
     )
+    return constants + "\n" + textwrap.dedent(ENTRY_POINTS[entry_point])
+
+
+@pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
+def test_entry_points_flush_on_every_thread(entry_point, tmp_path):
+    script = _entry_point_script(entry_point, True, tmp_path) + COUNT_SUBNORMALS
     output = _run(script, tmp_path)
-    assert _subnormals(output) == (0 if flush else ELEMENTS)
+    assert _subnormals(output) == 0
     assert "not on all of PyTorch's" not in output
 
 
-def test_threads_started_before_are_reported(tmp_path):
-    """A parallel operation before the call starts the second thread without the mode: the
-    call flushes on the main thread only, returns False and says so."""
-    script = textwrap.dedent(f"""
-        import logging, torch
-        logging.basicConfig()
-        torch.full(({ELEMENTS},), 1.0).sum()  # starts the intra-op threads
+def test_key_off_keeps_subnormals_and_a_late_call_is_reported(tmp_path):
+    """``FLUSH_DENORMALS False`` flushes nothing; the product then starts the second thread
+    without the mode, so a later call flushes on the main thread only, returns False and
+    says so."""
+    late_call = textwrap.dedent("""
+        import logging
         from sam_detr.denormals import flush_denormals
+        logging.basicConfig()
         print("ALL THREADS", flush_denormals())
         """)
-    output = _run(script + COUNT_SUBNORMALS, tmp_path)
-    assert "ALL THREADS False" in output
+    script = _entry_point_script("train_net", False, tmp_path)
+    output = _run(script + COUNT_SUBNORMALS + late_call + COUNT_SUBNORMALS, tmp_path)
+    before, after = output.split("ALL THREADS")
+    assert _subnormals(before) == ELEMENTS
+    assert after.split()[0] == "False"
     assert "not on all of PyTorch's 2 intra-op threads" in output
-    assert 0 < _subnormals(output) < ELEMENTS
+    assert 0 < _subnormals(after) < ELEMENTS

@@ -61,12 +61,28 @@ def images(seed=0):
     return [torch.rand(3, h, w, generator=generator) * 255 for h, w in SIZES]
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``exported(config, fmt)``: the path of that model exported once for this module, in
+    a folder of its own."""
+    paths = {}
+
+    def export(config, fmt):
+        if (config, fmt) not in paths:
+            folder = tmp_path_factory.mktemp(f"{config}_{fmt}")
+            path = str(folder / tool.FORMATS[fmt])
+            tool.export(models(config)[0], images()[0], fmt, path, {"input_format": "RGB"})
+            assert os.listdir(folder) == [tool.FORMATS[fmt]]  # no partial file left
+            paths[config, fmt] = path
+        return paths[config, fmt]
+
+    return export
+
+
 @pytest.mark.parametrize("config,fmt", EXPORTS)
-def test_exported_model_computes_what_pytorch_computes(config, fmt, tmp_path):
-    wrapper, reference = models(config)
-    path = str(tmp_path / tool.FORMATS[fmt])
-    tool.export(wrapper, images()[0], fmt, path, {"input_format": "RGB"})
-    assert os.listdir(tmp_path) == [tool.FORMATS[fmt]]  # no partial file left
+def test_exported_model_computes_what_pytorch_computes(config, fmt, exported):
+    path = exported(config, fmt)
+    _, reference = models(config)
     runner = tool.OnnxRunner(path) if fmt == "onnx" else tool.ProgramRunner(path)
     # Other sizes than the traced one, and other pixel values.
     worst = tool.verify(reference, runner, images(seed=1), TOLERANCE)
@@ -82,10 +98,9 @@ def test_exported_model_computes_what_pytorch_computes(config, fmt, tmp_path):
         assert meta == {"input_format": "RGB"}
 
 
-def test_verification_fails_on_a_wrong_model(tmp_path):
-    wrapper, reference = models("tiny")
-    path = str(tmp_path / "model.pt2")
-    tool.export(wrapper, images()[0], "pt2", path, {})
+def test_verification_fails_on_a_wrong_model(exported):
+    path = exported("tiny", "pt2")
+    _, reference = models("tiny")  # the exported weights (seeded)
     with torch.no_grad():
         reference.class_embed[-1].bias += 0.01  # the exported weights no longer match
     with pytest.raises(SystemExit, match="differs from PyTorch by 0.01 "):
