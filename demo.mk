@@ -1,5 +1,5 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores, 19-21 minutes on a slow day here), print Detectron2's COCO table and `copypaste:`
+# cores, 12-13 minutes here on 2026-11-29), print Detectron2's COCO table and `copypaste:`
 # lines, draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
 # what the last decoder layer looks at (reference boxes, salient points, attention maps per
 # head) into $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png;
