@@ -25,8 +25,6 @@ from detectron2.utils.logger import log_first_n
 
 __all__ = ["all_threads_flush_denormals", "apply_denormal_mode", "flush_denormals"]
 
-logger = logging.getLogger(__name__)
-
 # The probe multiplies two normal float32 numbers whose product (1e-40) is subnormal: it is
 # zero only where the thread computing it flushes.
 _PROBE_VALUE = 1e-30
@@ -48,7 +46,11 @@ def flush_denormals() -> bool:
     has run yet, on every intra-op thread PyTorch starts later. Returns whether every thread
     flushes; logs a warning when they do not."""
     if not torch.set_flush_denormal(True):
-        logger.warning("This CPU cannot flush subnormal numbers to zero; they stay slow.")
+        log_first_n(
+            logging.WARNING,
+            "This CPU cannot flush subnormal float32 numbers to zero; they stay slow.",
+            name=__name__,
+        )
         return False
     if all_threads_flush_denormals():
         return True
