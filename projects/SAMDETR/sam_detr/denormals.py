@@ -12,9 +12,10 @@ at full speed.
 The mode is a property of each thread (MXCSR on x86), which a new thread copies from the
 thread that creates it, and ``torch.set_flush_denormal`` sets it on the calling thread only.
 So it reaches PyTorch's intra-op threads only when it is set before they start, i.e. before
-the process's first parallel tensor operation: the entry points (``train_net.py``, the tools,
-``SAMDETRPredictor``) call :func:`apply_denormal_mode` before they build the model, and
-:func:`flush_denormals` checks every thread and warns when some were started earlier.
+the process's first parallel tensor operation: the entry points (``train_net.py``, the export
+and benchmark tools, ``SAMDETRPredictor``) call :func:`apply_denormal_mode` before they build
+the model, and :func:`flush_denormals` checks every thread and warns when some were started
+earlier.
 """
 
 import logging
