@@ -120,6 +120,8 @@ def test_environment_module_prints_the_facts() -> None:
     assert lines["detectron2"] == f"{facts['detectron2']} ({environment.detectron2_origin()})"
     assert lines["compiled ops"] == ("yes" if environment.has_compiled_ops() else "no")
     assert lines["CUDA available"] == ("yes" if facts["cuda_available"] else "no")
+    native = environment.summary()["cpu_native_bfloat16"]
+    assert lines["CPU bfloat16"].startswith("native" if native else "not native")
 
 
 def write_tiny_coco(root: Path) -> Path:

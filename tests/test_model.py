@@ -1,7 +1,8 @@
 """Behaviour of the SAMDETR meta-architecture: every config builds, parameter counts of the
 paper models, training on empty images and degenerate boxes, float32 losses under
 autocast, reference boxes detached between layers, top-k and score-threshold inference,
-frozen BatchNorm folded for inference, bfloat16 inference and torchvision's RoIAlign."""
+frozen BatchNorm folded for inference, bfloat16 inference and torchvision's RoIAlign; the
+salient-point cross-attention's weights against PyTorch's attention."""
 
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.inference import fold_frozen_batchnorm
 from sam_detr.roi_align import roi_align, torchvision_path
+from sam_detr.transformer import shared_key_attention
+from torch.nn import functional as F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
@@ -282,3 +285,26 @@ def test_torchvision_roi_align_gives_the_same_model():
         b = theirs.eval().inference(batch, do_postprocess=False)
     torch.testing.assert_close(a["pred_logits"], b["pred_logits"], rtol=0, atol=1e-4)
     torch.testing.assert_close(a["pred_boxes"], b["pred_boxes"], rtol=0, atol=1e-5)
+
+
+def test_shared_key_attention_is_scaled_dot_product_attention():
+    """Each head's d-dim queries against keys shared by all heads, with a padding (-inf) and
+    SMCA-like bias: the weights ``F.scaled_dot_product_attention`` applies when the keys are
+    repeated per head, values included (float64, gradients too)."""
+    generator = torch.Generator().manual_seed(0)
+    B, M, N, S, d = 2, 4, 5, 12, 16
+    q = torch.randn(B, M, N, d, generator=generator, dtype=torch.float64)
+    k = torch.randn(B, S, d, generator=generator, dtype=torch.float64)
+    v = torch.randn(B, M, S, d // M, generator=generator, dtype=torch.float64)
+    bias = -torch.rand(B, M, N, S, generator=generator, dtype=torch.float64) * 5
+    bias[1, ..., -3:] = float("-inf")  # image 1's last cells are padding
+    for x in (q, k, bias):
+        x.requires_grad_(True)
+    ours = shared_key_attention(q, k, bias) @ v
+    theirs = F.scaled_dot_product_attention(q, k[:, None].expand(-1, M, -1, -1), v, attn_mask=bias)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    weights = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+    grads_ours = torch.autograd.grad((ours * weights).sum(), (q, k, bias))
+    grads_theirs = torch.autograd.grad((theirs * weights).sum(), (q, k, bias))
+    for a, b in zip(grads_ours, grads_theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

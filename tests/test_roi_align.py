@@ -1,12 +1,15 @@
 """The separable RoIAlign against torchvision's kernel: same outputs and feature gradients for
 boxes inside, across and outside the map, degenerate boxes and several sampling ratios, at
 small and COCO sizes (R50, R50-DC5, stride 8; 300 boxes; batch 1-4), whether the boxes are
-computed in one chunk or many; bfloat16 close to float32; non-finite boxes sample nothing."""
+computed in one chunk or many; bfloat16 close to float32; non-finite boxes sample nothing.
+The salient points' bilinear sampling of the RoI grid against ``F.grid_sample``."""
 
 import pytest
 import torch
 from sam_detr import roi_align as roi_align_module
 from sam_detr.roi_align import roi_align
+from sam_detr.semantics_aligner import sample_region
+from torch.nn import functional as F
 from torchvision.ops import roi_align as torchvision_roi_align
 
 OUTPUT_SIZE = 7
@@ -116,3 +119,34 @@ def test_non_finite_boxes_sample_nothing():
     boxes = torch.tensor([[[1.0, 1.0, float("nan"), 4.0], [0.0, float("inf"), 2.0, 3.0]]])
     out = roi_align(features, boxes, OUTPUT_SIZE)
     assert out.shape == (2, 2, OUTPUT_SIZE, OUTPUT_SIZE) and not out.any()
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+def test_salient_point_sampling_equals_grid_sample(channels_last):
+    """Values and gradients (features and points) of ``grid_sample``'s bilinear sampling with
+    zero padding, for points inside the grid, on cell centres and cell edges, on the grid's
+    outer edges and outside it."""
+    generator = torch.Generator().manual_seed(0)
+    boxes, points, channels = 6, 8, 5
+    region = torch.randn(boxes, channels, OUTPUT_SIZE, OUTPUT_SIZE, generator=generator)
+    region = region.double()
+    if channels_last:
+        region = region.contiguous(memory_format=torch.channels_last)
+    offsets = torch.rand(boxes, points, 2, generator=generator, dtype=torch.float64) * 2.6 - 1.3
+    # In grid units (u + 1) R / 2 - 1/2: u = -1 and 1 are the grid's outer edges, 0 and 2 / R
+    # the centres of cells 3 and 4, 1 / R and -3 / R edges between cells.
+    cell = 1.0 / OUTPUT_SIZE
+    offsets[0, :4] = torch.tensor([[-1.0, 1.0], [cell, -3 * cell], [0.0, 2 * cell], [1.0, 0.0]])
+    region.requires_grad_(True)
+    offsets.requires_grad_(True)
+    ours = sample_region(region, offsets)
+    theirs = F.grid_sample(region, offsets[:, None], padding_mode="zeros", align_corners=False)
+    theirs = theirs[:, :, 0].transpose(1, 2)  # (K, d, 1, P) -> (K, P, d)
+    assert ours.shape == (boxes, points, channels)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert (offsets.abs() > 1 + 1 / OUTPUT_SIZE).any()  # some points sample only padding
+    weights = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+    grads_ours = torch.autograd.grad((ours * weights).sum(), (region, offsets))
+    grads_theirs = torch.autograd.grad((theirs * weights).sum(), (region, offsets))
+    for a, b in zip(grads_ours, grads_theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

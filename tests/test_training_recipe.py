@@ -7,6 +7,7 @@ configs."""
 import itertools
 import math
 import os
+import platform
 import re
 
 import cv2
@@ -220,6 +221,22 @@ def test_auto_precision_stays_float32_where_bfloat16_is_emulated(monkeypatch, ca
     assert type(chosen) is Precision and "running in float32" in caplog.text
     assert isinstance(build_precision(True, "bfloat16", "cpu", scale=True), MixedPrecision)
     assert type(build_precision(True, "auto", "cuda", scale=True)) is ScaledMixedPrecision
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in precision_module.X86_MACHINES
+    or not os.path.exists("/proc/cpuinfo"),
+    reason="needs Linux's CPU flags on x86",
+)
+def test_native_bfloat16_detection_agrees_with_the_cpu_flags():
+    """On x86, bfloat16 is native with AVX512-BF16 or AMX-BF16 only; oneDNN's own check also
+    says yes on AVX512 CPUs without them (where it emulates bfloat16, slower than float32)."""
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    expected = ("avx512_bf16" in flags or "amx_bf16" in flags) and bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    assert precision_module.cpu_has_native_bfloat16() == expected
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

@@ -114,12 +114,16 @@ def summary() -> Dict[str, SummaryValue]:
         "detectron2_compiled_ops": has_compiled_ops(),
         "torch_cuda_build": None,
         "cuda_available": False,
+        "cpu_native_bfloat16": False,
     }
     if facts["torch"] is not None:
         import torch
 
+        from .precision import cpu_has_native_bfloat16
+
         facts["torch_cuda_build"] = torch.version.cuda
         facts["cuda_available"] = torch.cuda.is_available()
+        facts["cpu_native_bfloat16"] = cpu_has_native_bfloat16()
     return facts
 
 
@@ -139,6 +143,14 @@ def format_summary(facts: Optional[Dict[str, SummaryValue]] = None) -> str:
         ("detectron2", f"{facts['detectron2'] or missing} ({facts['detectron2_origin']})"),
         ("compiled ops", _yes_no(facts["detectron2_compiled_ops"])),
         ("CUDA available", _yes_no(facts["cuda_available"])),
+        (
+            "CPU bfloat16",
+            (
+                "native (SOLVER.AMP.DTYPE auto: bfloat16 on the CPU)"
+                if facts["cpu_native_bfloat16"]
+                else "not native (SOLVER.AMP.DTYPE auto: float32 on the CPU)"
+            ),
+        ),
     ]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}} : {value}" for key, value in rows)

@@ -11,6 +11,7 @@ run under autocast too or in float32 after a mixed-precision backbone.
 
 import contextlib
 import logging
+import platform
 from typing import Any, ContextManager, Dict, Optional, Union
 
 import torch
@@ -32,6 +33,12 @@ AUTO = "auto"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Values of SOLVER.AMP.DTYPE.
 AMP_DTYPES = (AUTO, *DTYPES)
+# x86 CPUs: what platform.machine() says, PyTorch's checks of the bfloat16 instructions, and
+# the same as Linux's CPU flags (for a PyTorch without those checks).
+X86_MACHINES = ("x86_64", "amd64", "i686", "i386")
+X86_BFLOAT16_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+X86_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = "/proc/cpuinfo"
 
 
 class Precision:
@@ -109,11 +116,31 @@ class ScaledMixedPrecision(MixedPrecision):
         return super().__str__() + " with gradient scaling"
 
 
+def _x86_has_bfloat16_instructions() -> bool:
+    """AVX512-BF16 or AMX on this x86 CPU: PyTorch's answer, else the kernel's CPU flags."""
+    checks = [getattr(torch.cpu, name, None) for name in X86_BFLOAT16_CHECKS]
+    if all(checks):
+        return any(check() for check in checks)
+    try:
+        with open(CPUINFO) as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return True  # unknown: trust oneDNN
+    return any(flag in flags for flag in X86_BFLOAT16_FLAGS)
+
+
 def cpu_has_native_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX)."""
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    """Whether this CPU computes bfloat16 natively. oneDNN's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on x86 CPUs that have AVX512
+    but neither AVX512-BF16 nor AMX, where oneDNN emulates bfloat16: the demo's step took 0.51 s
+    there against 0.34 s in float32. So x86 CPUs need those instructions as well."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    if platform.machine().lower() not in X86_MACHINES:
+        return True
+    return _x86_has_bfloat16_instructions()
 
 
 def check_amp_dtype(dtype: str) -> None:
