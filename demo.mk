@@ -1,5 +1,6 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores, 12-13 minutes here on 2026-11-29), print Detectron2's COCO table and `copypaste:`
+# cores: 12-13 minutes on a CPU with AMX on 2026-11-29, 21 minutes on one without native
+# bfloat16 on 2026-12-02; README), print Detectron2's COCO table and `copypaste:`
 # lines, draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
 # what the last decoder layer looks at (reference boxes, salient points, attention maps per
 # head) into $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png;

@@ -1,6 +1,6 @@
 """tools/benchmark.py runs both tasks on the tiny config and reports what it promises: time per
 iteration (min / median / max), images per second, peak memory and, with ``--profile``, the
-top operators."""
+top operators; ``--module`` times one submodule alone."""
 
 import pytest
 from train_net_helpers import TINY_CONFIG, load_tool
@@ -31,3 +31,19 @@ def test_benchmark_reports_times_speed_and_memory(task, extra, capsys):
         assert "mixed bfloat16 on cpu" in out
     else:
         assert "float32" in out and "Self CPU time total" in out
+
+
+def test_benchmark_times_one_module_alone(capsys):
+    """``--module`` times a decoder layer's cross-attention alone (forward and backward), and
+    refuses a name the model does not have or a module the task does not call."""
+    tool = load_tool("benchmark")
+    common = ["--config-file", TINY_CONFIG, "--batch-size", "2", "--device", "cpu"]
+    common += ["--image-size", "64x96", "--iters", "2", "--warmup", "1"]
+    result = tool.main(common + ["--task", "train", "--module", "transformer.decoder.1.cross_attn"])
+    out = capsys.readouterr().out
+    assert "train of transformer.decoder.1.cross_attn alone, batch 2 x 64x96" in out
+    assert 0 < result["min_s"] <= result["median_s"] <= result["max_s"]
+    with pytest.raises(SystemExit, match="--module transformer.decoder.7: .*named_modules"):
+        tool.main(common + ["--module", "transformer.decoder.7"])
+    with pytest.raises(SystemExit, match="--module criterion: the module is not called"):
+        tool.main(common + ["--task", "inference", "--module", "criterion"])

@@ -6,7 +6,11 @@
 
 ``--task train`` times forward + loss + backward (what the model costs; the optimiser step
 is the same for every implementation), ``--task inference`` the model's inference (top-k
-detections) without gradients. The model is randomly initialised (``MODEL.WEIGHTS ""``) and
+detections) without gradients. ``--module NAME`` (a submodule's name in the model, e.g.
+``transformer.decoder.1.cross_attn``) times that module alone instead, on the inputs and under
+the autocast state it gets in the task's iteration: its forward, and with ``--task train`` the
+backward of its outputs' mean squares to its inputs and parameters. The model is randomly
+initialised (``MODEL.WEIGHTS ""``) and
 prepared as for training or evaluation (``--task inference`` folds frozen BatchNorm into the
 convolutions, as evaluation does). Precision follows the config: ``SOLVER.AMP.ENABLED True``
 (train) or ``TEST.AMP.ENABLED True`` (inference). Prints the time per iteration (min /
@@ -19,7 +23,7 @@ import argparse
 import resource
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -51,6 +55,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print the top operators")
+    parser.add_argument(
+        "--module", metavar="NAME", help="time this submodule alone (its name in the model)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser.parse_args(argv)
 
@@ -121,6 +128,65 @@ def build_iteration(
     return cfg, model, run, precision
 
 
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in a module's output (tensors, tuples, lists, dicts)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+def module_iteration(
+    model: torch.nn.Module, name: str, run: Callable[[], None], train: bool
+) -> Callable[[], None]:
+    """One iteration of submodule ``name`` alone, on the inputs (detached; floating-point ones
+    requiring gradients when ``train``) and the autocast state of its first call in ``run``."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as e:
+        raise SystemExit(f"--module {name}: {e}; names are those of model.named_modules().")
+    seen: Dict[str, Any] = {}
+
+    def keep(_module, args, kwargs):
+        if not seen:
+            device_type = model.device.type
+            seen.update(
+                args=args,
+                kwargs=kwargs,
+                autocast=torch.is_autocast_enabled(device_type),
+                dtype=torch.get_autocast_dtype(device_type),
+            )
+
+    hook = module.register_forward_pre_hook(keep, with_kwargs=True)
+    run()
+    hook.remove()
+    if not seen:
+        raise SystemExit(f"--module {name}: the module is not called in this task's iteration.")
+
+    def prepare(value: Any) -> Any:
+        if not torch.is_tensor(value):
+            return value
+        value = value.detach()
+        return value.requires_grad_(train) if value.is_floating_point() else value
+
+    args = [prepare(a) for a in seen["args"]]
+    kwargs = {k: prepare(v) for k, v in seen["kwargs"].items()}
+    autocast = torch.autocast(model.device.type, dtype=seen["dtype"], enabled=seen["autocast"])
+
+    def run_module() -> None:
+        with autocast, torch.set_grad_enabled(train):
+            outputs = module(*args, **kwargs)
+        if train:
+            losses = [t.float().square().mean() for t in _tensors(outputs) if t.requires_grad]
+            sum(losses).backward()
+
+    return run_module
+
+
 def time_iterations(
     run: Callable[[], None], device: torch.device, args: argparse.Namespace
 ) -> List[float]:
@@ -140,6 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
     cfg, model, run, precision = build_iteration(args)
     device = model.device
+    if args.module:
+        run = module_iteration(model, args.module, run, train=args.task == "train")
     times = time_iterations(run, device, args)
     median = statistics.median(times)
     result = {
@@ -150,8 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         "peak_memory_mib": peak_memory_mib(device),
     }
     print(
-        f"{args.config_file} {args.task}, batch {args.batch_size} x {args.image_size}, "
-        f"{precision}, {device}, {torch.get_num_threads()} threads"
+        f"{args.config_file} {args.task}{f' of {args.module} alone' if args.module else ''}, "
+        f"batch {args.batch_size} x {args.image_size}, {precision}, {device}, "
+        f"{torch.get_num_threads()} threads"
     )
     print(
         f"  per iteration: min {result['min_s']:.3f} s, median {median:.3f} s, max "
