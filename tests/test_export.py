@@ -66,14 +66,14 @@ def images(seed=0):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_tmp_dir):
     """``exported(config, fmt)``: the path of that model exported once for this module, in
     a folder of its own."""
     paths = {}
 
     def export(config, fmt):
         if (config, fmt) not in paths:
-            folder = tmp_path_factory.mktemp(f"{config}_{fmt}")
+            folder = module_tmp_dir(f"{config}_{fmt}")
             path = str(folder / tool.FORMATS[fmt])
             info = {"input_format": "RGB"}
             tool.export(models(config)[0], images()[0], fmt, path, info, config in OPTIMIZED)

@@ -35,8 +35,8 @@ def run_study(output_dir, cache):
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
+def study_dir(module_tmp_dir):
+    root = module_tmp_dir("study")
     out = root / "study"
     first = run_study(out, root / "data")
     return out, root / "data", first
