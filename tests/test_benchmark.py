@@ -35,7 +35,8 @@ def test_benchmark_reports_times_speed_and_memory(task, extra, capsys):
 
 def test_benchmark_times_one_module_alone(capsys):
     """``--module`` times a decoder layer's cross-attention alone (forward and backward), and
-    refuses a name the model does not have or a module the task does not call."""
+    refuses a name the model does not have, a module the task does not call, and a training
+    iteration of a module with nothing to backpropagate."""
     tool = load_tool("benchmark")
     common = ["--config-file", TINY_CONFIG, "--batch-size", "2", "--device", "cpu"]
     common += ["--image-size", "64x96", "--iters", "2", "--warmup", "1"]
@@ -47,3 +48,6 @@ def test_benchmark_times_one_module_alone(capsys):
         tool.main(common + ["--module", "transformer.decoder.7"])
     with pytest.raises(SystemExit, match="--module criterion: the module is not called"):
         tool.main(common + ["--task", "inference", "--module", "criterion"])
+    # The map's sine embedding has neither parameters nor inputs that need gradients.
+    with pytest.raises(SystemExit, match="--module position_embedding: no output requires"):
+        tool.main(common + ["--task", "train", "--module", "position_embedding"])

@@ -10,10 +10,10 @@ detections) without gradients. ``--module NAME`` (a submodule's name in the mode
 ``transformer.decoder.1.cross_attn``) times that module alone instead, on the inputs and under
 the autocast state it gets in the task's iteration: its forward, and with ``--task train`` the
 backward of its outputs' mean squares to its inputs and parameters. The model is randomly
-initialised (``MODEL.WEIGHTS ""``) and
-prepared as for training or evaluation (``--task inference`` folds frozen BatchNorm into the
-convolutions, as evaluation does). Precision follows the config: ``SOLVER.AMP.ENABLED True``
-(train) or ``TEST.AMP.ENABLED True`` (inference). Prints the time per iteration (min /
+initialised (``MODEL.WEIGHTS ""``) and prepared as for training or evaluation (``--task
+inference`` folds frozen BatchNorm into the convolutions, as evaluation does). Precision
+follows the config: ``SOLVER.AMP.ENABLED True`` (train) or ``TEST.AMP.ENABLED True``
+(inference). Prints the time per iteration (min /
 median / max over ``--iters`` timed iterations after ``--warmup``), images per second, peak
 memory (the process's peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and,
 with ``--profile``, the operators that took the most time in one more iteration.
@@ -182,6 +182,11 @@ def module_iteration(
             outputs = module(*args, **kwargs)
         if train:
             losses = [t.float().square().mean() for t in _tensors(outputs) if t.requires_grad]
+            if not losses:
+                raise SystemExit(
+                    f"--module {name}: no output requires gradients (nothing to "
+                    "backpropagate); use --task inference."
+                )
             sum(losses).backward()
 
     return run_module
