@@ -3,7 +3,8 @@
 statistics and is counted; too many in a row stop the run with a clear message and only
 finite checkpoints on disk. An OUTPUT_DIR that cannot be created or written, a missing
 ``MODEL.WEIGHTS`` file and an unknown config key are named before any work; aspect-ratio
-grouping (which would break the exact resume) is refused."""
+grouping (which would break the exact resume) and a ``NUM_CLASSES`` that disagrees with the
+dataset (both numbers named) are refused."""
 
 import argparse
 import os
@@ -193,3 +194,8 @@ def test_parser_keeps_detectron2_arguments():
     assert (args.num_gpus, args.num_machines, args.machine_rank) == (8, 2, 1)
     assert args.dist_url == "tcp://h:1234" and args.resume and args.eval_only
     assert args.opts == ["A.B", "1"]
+
+
+def test_num_classes_disagreeing_with_dataset_is_refused(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="NUM_CLASSES is 80 but dataset 'faults_train' has 2 "):
+        _trainer(tiny_data, tmp_path, "MODEL.SAM_DETR.NUM_CLASSES", "80")
