@@ -1,6 +1,6 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores: 12-13 minutes on a CPU with AMX on 2026-11-29, 21 minutes on one without native
-# bfloat16 on 2026-12-02; README), print Detectron2's COCO table and `copypaste:`
+# cores: 11 minutes on a CPU with AVX512-BF16 on 2026-12-02, 21 minutes on one without native
+# bfloat16; README), print Detectron2's COCO table and `copypaste:`
 # lines, draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
 # what the last decoder layer looks at (reference boxes, salient points, attention maps per
 # head) into $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png;
@@ -27,14 +27,14 @@ demo: env
 	@start=$$(date +%s); \
 	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) \
 		OUTPUT_DIR $(DEMO_OUTPUT) $(DEMO_OPTS) \
-	&& $(DEMO_ENV) $(PYTHON) tools/visualize_predictions.py \
-		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/predictions \
-		--min-score $(DEMO_MIN_SCORE) MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
-	&& $(DEMO_ENV) $(PYTHON) tools/visualize_attention.py \
-		--config-file $(DEMO_OUTPUT)/config.yaml --output $(DEMO_OUTPUT)/attention \
+	&& $(DEMO_ENV) $(PYTHON) tools/run_tools.py \
+		visualize_predictions.py --config-file $(DEMO_OUTPUT)/config.yaml \
+		--output $(DEMO_OUTPUT)/predictions --min-score $(DEMO_MIN_SCORE) \
 		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
-	&& $(PYTHON) tools/plot_losses.py $(DEMO_OUTPUT)/metrics.json --output $(DEMO_OUTPUT)/losses.png \
-	&& $(DEMO_ENV) $(PYTHON) tools/export_model.py --config-file $(DEMO_OUTPUT)/config.yaml \
-		--format onnx $(DEMO_EXPORT_OPTS) --output $(DEMO_OUTPUT)/export \
+		:: visualize_attention.py --config-file $(DEMO_OUTPUT)/config.yaml \
+		--output $(DEMO_OUTPUT)/attention MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
+		:: plot_losses.py $(DEMO_OUTPUT)/metrics.json --output $(DEMO_OUTPUT)/losses.png \
+		:: export_model.py --config-file $(DEMO_OUTPUT)/config.yaml --format onnx \
+		$(DEMO_EXPORT_OPTS) --output $(DEMO_OUTPUT)/export \
 		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
 	&& echo "make demo: done in $$(( $$(date +%s) - start )) s; pictures in $(DEMO_OUTPUT)/predictions/, $(DEMO_OUTPUT)/attention/ and $(DEMO_OUTPUT)/losses.png; ONNX model in $(DEMO_OUTPUT)/export/"

@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.inference import fold_frozen_batchnorm
 from sam_detr.roi_align import roi_align, torchvision_path
-from sam_detr.transformer import shared_key_attention
+from sam_detr.transformer import multi_head_attention, shared_key_attention, softmax_attention
 from torch.nn import functional as F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -308,3 +308,31 @@ def test_shared_key_attention_is_scaled_dot_product_attention():
     grads_theirs = torch.autograd.grad((theirs * weights).sum(), (q, k, bias))
     for a, b in zip(grads_ours, grads_theirs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_multi_head_attention_runs_in_float32_under_cpu_autocast():
+    """Heads split and merged around softmax(q k^T / sqrt(c) + bias) v (float64 against the
+    formula, padding bias included); under bfloat16 CPU autocast the attention of bfloat16
+    inputs is computed in float32 (as float32 attention of the same values, not bfloat16's),
+    and the gradients reach the bfloat16 inputs."""
+    generator = torch.Generator().manual_seed(0)
+    B, L, S, d, heads = 2, 7, 30, 32, 4
+    q, k, v = (torch.randn(B, n, d, generator=generator, dtype=torch.float64) for n in (L, S, S))
+    bias = torch.zeros(B, 1, 1, S, dtype=torch.float64)
+    bias[1, ..., -5:] = float("-inf")
+    split = lambda x: x.view(B, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
+    expected = (softmax_attention(split(q), split(k), bias) @ split(v)).transpose(1, 2)
+    ours = multi_head_attention(q, k, v, heads, bias)
+    torch.testing.assert_close(ours, expected.reshape(B, L, d), rtol=0, atol=1e-12)
+
+    low = [x.to(torch.bfloat16).requires_grad_(True) for x in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = multi_head_attention(*low, heads, bias)
+        in_bfloat16 = F.scaled_dot_product_attention(*map(split, low), attn_mask=bias.bfloat16())
+    assert mixed.dtype == torch.float32 and in_bfloat16.dtype == torch.bfloat16
+    exact = multi_head_attention(*(x.detach().double() for x in low), heads, bias)
+    torch.testing.assert_close(mixed.double(), exact, rtol=0, atol=1e-6)
+    bfloat16_error = (in_bfloat16.transpose(1, 2).reshape(B, L, d).double() - exact).abs().max()
+    assert bfloat16_error > 1e-4  # what computing it in bfloat16 would have cost
+    mixed.sum().backward()
+    assert all(x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all() for x in low)

@@ -1,7 +1,8 @@
 """The study tools on the tiny config, as real processes and files: ``convergence_study.py``
 trains two variants with train_net.py, writes curves.csv / curves.png / table.md, skips
 finished variants and continues an interrupted one with ``--resume``; ``visualize_attention.py``
-draws SAM's and the baseline's attention; ``plot_losses.py`` plots metrics.json."""
+draws SAM's and the baseline's attention; ``plot_losses.py`` plots metrics.json;
+``run_tools.py`` chains tools in one process (as ``make demo`` does)."""
 
 import csv
 import os
@@ -112,6 +113,43 @@ def test_plot_losses_reads_metrics_json(study_dir, tmp_path):
     broken.write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "tot')
     with pytest.raises(SystemExit, match="line 2: not a JSON record"):
         tool.read_series(str(broken), tool.LOSSES)
+
+
+def run_tools(*argv):
+    cmd = [sys.executable, os.path.join(REPO, "tools", "run_tools.py"), *map(str, argv)]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def test_run_tools_chains_steps_and_stops_at_the_first_failure(study_dir, tmp_path):
+    out, cache, _ = study_dir
+    run = out / "sp8_rw"
+    metrics, weights = run / "metrics.json", ["MODEL.WEIGHTS", run / "model_final.pth"]
+    attention = tmp_path / "attention"
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "run_tools.py"), "plot_losses.py",
+         str(metrics), "--output", str(tmp_path / "a.png"), "::", "visualize_attention.py",
+         "--config-file", str(run / "config.yaml"), "--output", str(attention),
+         "--num-images", "1", "--detections", "1", "--layer", "0", *map(str, weights)],
+        cwd=REPO, env={**env(), "SAM_DETR_DATASETS": str(cache)}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert cv2.imread(str(tmp_path / "a.png")) is not None
+    assert len(os.listdir(attention)) == 1
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "tot')
+    after = tmp_path / "after.png"
+    failed = run_tools("plot_losses.py", broken, "--output", tmp_path / "b.png", "::",
+                       "plot_losses.py", metrics, "--output", after)  # fmt: skip
+    assert failed.returncode != 0 and "line 2: not a JSON record" in failed.stderr
+    assert not after.exists()  # the step after the failing one did not run
+
+    unknown = run_tools("plot_losses.py", metrics, "--output", after, "::", "no_such_tool.py")
+    assert unknown.returncode != 0 and "no script 'no_such_tool.py'" in unknown.stderr
+    assert not after.exists()  # every script is checked before the first step runs
+    empty = run_tools("plot_losses.py", metrics, "--output", after, "::")
+    assert empty.returncode != 0 and "empty step" in empty.stderr
 
 
 @pytest.mark.parametrize("name", list(study.VARIANTS))
