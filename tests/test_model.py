@@ -4,6 +4,7 @@ autocast, reference boxes detached between layers, top-k and score-threshold inf
 frozen BatchNorm folded for inference, bfloat16 inference and torchvision's RoIAlign; the
 salient-point cross-attention's weights against PyTorch's attention."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,12 @@ from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.inference import fold_frozen_batchnorm
 from sam_detr.roi_align import roi_align, torchvision_path
-from sam_detr.transformer import multi_head_attention, shared_key_attention, softmax_attention
+from sam_detr.transformer import (
+    _split_heads,
+    multi_head_attention,
+    shared_key_attention,
+    softmax_attention,
+)
 from torch.nn import functional as F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -320,7 +326,7 @@ def test_multi_head_attention_runs_in_float32_under_cpu_autocast():
     q, k, v = (torch.randn(B, n, d, generator=generator, dtype=torch.float64) for n in (L, S, S))
     bias = torch.zeros(B, 1, 1, S, dtype=torch.float64)
     bias[1, ..., -5:] = float("-inf")
-    split = lambda x: x.view(B, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
+    split = functools.partial(_split_heads, num_heads=heads)
     expected = (softmax_attention(split(q), split(k), bias) @ split(v)).transpose(1, 2)
     ours = multi_head_attention(q, k, v, heads, bias)
     torch.testing.assert_close(ours, expected.reshape(B, L, d), rtol=0, atol=1e-12)

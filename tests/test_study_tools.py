@@ -115,9 +115,11 @@ def test_plot_losses_reads_metrics_json(study_dir, tmp_path):
         tool.read_series(str(broken), tool.LOSSES)
 
 
-def run_tools(*argv):
+def run_tools(*argv, datasets=None):
+    """``tools/run_tools.py ARGV`` as a process (``datasets``: its SAM_DETR_DATASETS)."""
     cmd = [sys.executable, os.path.join(REPO, "tools", "run_tools.py"), *map(str, argv)]
-    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    e = env() if datasets is None else {**env(), "SAM_DETR_DATASETS": str(datasets)}
+    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
 
 
 def test_run_tools_chains_steps_and_stops_at_the_first_failure(study_dir, tmp_path):
@@ -125,13 +127,10 @@ def test_run_tools_chains_steps_and_stops_at_the_first_failure(study_dir, tmp_pa
     run = out / "sp8_rw"
     metrics, weights = run / "metrics.json", ["MODEL.WEIGHTS", run / "model_final.pth"]
     attention = tmp_path / "attention"
-    done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "run_tools.py"), "plot_losses.py",
-         str(metrics), "--output", str(tmp_path / "a.png"), "::", "visualize_attention.py",
-         "--config-file", str(run / "config.yaml"), "--output", str(attention),
-         "--num-images", "1", "--detections", "1", "--layer", "0", *map(str, weights)],
-        cwd=REPO, env={**env(), "SAM_DETR_DATASETS": str(cache)}, capture_output=True,
-        text=True, timeout=300,
+    done = run_tools(
+        "plot_losses.py", metrics, "--output", tmp_path / "a.png", "::", "visualize_attention.py",
+        "--config-file", run / "config.yaml", "--output", attention,
+        "--num-images", "1", "--detections", "1", "--layer", "0", *weights, datasets=cache,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert cv2.imread(str(tmp_path / "a.png")) is not None
