@@ -1,5 +1,5 @@
 # `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores: 11 minutes on a CPU with AVX512-BF16 on 2026-12-02, 21 minutes on one without native
+# cores: 9-11 minutes on a CPU with AVX512-BF16 on 2026-12-02, 21 minutes on one without native
 # bfloat16; README), print Detectron2's COCO table and `copypaste:`
 # lines, draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
 # what the last decoder layer looks at (reference boxes, salient points, attention maps per

@@ -84,8 +84,10 @@ def multi_head_attention(
     attention is slower in bfloat16 than in float32 at this model's sizes (forward +
     backward of the demo's encoder, (4, 8, 400, 16): 27 ms against 14-16 ms; of its decoder
     self-attention, (4, 8, 30, 16): 1.7-2.2 ms against 0.4-0.5 ms; AVX512-BF16 CPU,
-    2026-12-02). Like autocast's own per-operator rules, this follows the autocast state of
-    the call, which the same model changes between training and evaluation."""
+    2026-12-02); at 800x1216 in bfloat16 it leaves R50's training step and inference as they
+    were and makes R50-DC5's training step 10% faster (README). Like autocast's own
+    per-operator rules, this follows the autocast state of the call, which the same model
+    changes between training and evaluation."""
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return multi_head_attention(q.float(), k.float(), v.float(), num_heads, bias, dropout)
