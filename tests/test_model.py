@@ -17,6 +17,7 @@ from sam_detr.config import get_sam_detr_cfg
 from sam_detr.inference import fold_frozen_batchnorm
 from sam_detr.roi_align import roi_align, torchvision_path
 from sam_detr.transformer import (
+    _merge_heads,
     _split_heads,
     multi_head_attention,
     shared_key_attention,
@@ -327,9 +328,9 @@ def test_multi_head_attention_runs_in_float32_under_cpu_autocast():
     bias = torch.zeros(B, 1, 1, S, dtype=torch.float64)
     bias[1, ..., -5:] = float("-inf")
     split = functools.partial(_split_heads, num_heads=heads)
-    expected = (softmax_attention(split(q), split(k), bias) @ split(v)).transpose(1, 2)
+    expected = _merge_heads(softmax_attention(split(q), split(k), bias) @ split(v))
     ours = multi_head_attention(q, k, v, heads, bias)
-    torch.testing.assert_close(ours, expected.reshape(B, L, d), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
 
     low = [x.to(torch.bfloat16).requires_grad_(True) for x in (q, k, v)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -338,7 +339,7 @@ def test_multi_head_attention_runs_in_float32_under_cpu_autocast():
     assert mixed.dtype == torch.float32 and in_bfloat16.dtype == torch.bfloat16
     exact = multi_head_attention(*(x.detach().double() for x in low), heads, bias)
     torch.testing.assert_close(mixed.double(), exact, rtol=0, atol=1e-6)
-    bfloat16_error = (in_bfloat16.transpose(1, 2).reshape(B, L, d).double() - exact).abs().max()
+    bfloat16_error = (_merge_heads(in_bfloat16).double() - exact).abs().max()
     assert bfloat16_error > 1e-4  # what computing it in bfloat16 would have cost
     mixed.sum().backward()
     assert all(x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all() for x in low)
