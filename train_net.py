@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate SAM-DETR with the DETR recipe (``sam_detr.trainer.Trainer``, a Detectron2
+"""Train and evaluate SAM-DETR with the DETR recipe (``sam_detr.engine.trainer.Trainer``, a Detectron2
 ``DefaultTrainer``): the DETR augmentation, AdamW with a backbone learning-rate multiplier and
 full-model gradient clipping, float32 or mixed precision, COCO evaluation, atomic periodic
 checkpoints and an exact ``--resume``. Runs on one process, on ``--num-gpus`` /
@@ -20,12 +20,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils.logger import setup_logger
 from sam_detr import add_sam_detr_config
-from sam_detr.checkpoint import SAMDETRCheckpointer
-from sam_detr.dataset_checks import load_coco_dataset
-from sam_detr.denormals import apply_denormal_mode
-from sam_detr.inference import prepare_for_inference
-from sam_detr.launch import launch_job
-from sam_detr.trainer import Trainer, check_output_dir
+from sam_detr.checkpoint.checkpointer import SAMDETRCheckpointer
+from sam_detr.data.checks import load_coco_dataset
+from sam_detr.deploy.batchnorm_folding import prepare_for_inference
+from sam_detr.engine.launch import launch_job
+from sam_detr.engine.trainer import Trainer, check_output_dir
+from sam_detr.utils.denormals import apply_denormal_mode
 
 __all__ = ["Trainer", "argument_parser", "main", "register_coco_datasets", "setup"]
 
@@ -55,7 +55,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         del setup_cfg["OUTPUT_DIR"]
     default_setup(setup_cfg, args)
     setup_logger(setup_cfg.get("OUTPUT_DIR"), distributed_rank=comm.get_rank(), name="sam_detr")
-    apply_denormal_mode(cfg)  # before the model is built: see sam_detr.denormals
+    apply_denormal_mode(cfg)  # before the model is built: see sam_detr.utils.denormals
     if fell_back_to_cpu:
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
     return cfg

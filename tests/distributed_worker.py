@@ -7,7 +7,7 @@ import os
 
 import detectron2.utils.comm as comm
 import torch
-from sam_detr.launch import launch_job
+from sam_detr.engine.launch import launch_job
 
 import train_net
 

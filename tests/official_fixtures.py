@@ -9,8 +9,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from sam_detr.checkpoint.official import convert_state_dict, detect_variant, load_official
 from sam_detr.config import get_sam_detr_cfg
-from sam_detr.official_checkpoint import convert_state_dict, detect_variant, load_official
 from torchvision.ops import box_convert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,13 @@ import math
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from sam_detr.position_encoding import embed_points
-from sam_detr.semantics_aligner import (
-    ImageRangeSalientPointAligner,
-    PooledAligner,
-    SalientPointAligner,
-    build_semantics_aligner,
-)
-from sam_detr.transformer import BaselineDETRTransformer, _merge_heads, _split_heads
+from sam_detr.modeling.attention import _merge_heads, _split_heads
+from sam_detr.modeling.baseline import BaselineDETRTransformer
+from sam_detr.modeling.decoder import build_semantics_aligner
+from sam_detr.modeling.layer_spec import SAMLayerSpec
+from sam_detr.modeling.pooled_aligner import PooledAligner
+from sam_detr.modeling.position_encoding import embed_points
+from sam_detr.modeling.salient_points import ImageRangeSalientPointAligner, SalientPointAligner
 from test_model import image_with_boxes, small_model
 from torch.nn import functional as F
 from torchvision.ops import roi_align as torchvision_roi_align
@@ -35,16 +34,19 @@ def aligner(**switches):
         search_range="box",
         reweighting=False,
         point_conv_dim=4,
-        point_mlp_dims=[8],
-        predict_scales=False,
+        point_mlp_dims=(8,),
+        smca=False,
+        smca_divisor=8.0,
         dim=DIM,
         num_heads=HEADS,
+        dim_feedforward=2 * DIM,
+        dropout=0.0,
         roi_size=ROI,
         temperature=10000.0,
         roi_align="auto",
     )
     kwargs.update(switches)
-    return build_semantics_aligner(**kwargs)
+    return build_semantics_aligner(SAMLayerSpec(**kwargs))
 
 
 def inputs(B=2, N=5, H=6, W=8):
@@ -102,13 +104,13 @@ def test_without_reweighting_there_are_no_reweighting_layers():
 
 
 def test_one_salient_point_is_shared_by_all_heads():
-    module = aligner(num_salient_points=1, predict_scales=True)
+    module = aligner(num_salient_points=1, smca=True)
     assert module.point_mlp.layers[-1].out_features == 4  # (x, y) and two SMCA scales
     queries, memory, boxes, valid_ratio = inputs()
     out = module(queries, memory, boxes, valid_ratio)
     for field in (out.points, out.scales, out.content, out.position):
         torch.testing.assert_close(field, field[:, :, :1].expand_as(field), rtol=0, atol=0)
-    eight = aligner(predict_scales=True)(queries, memory, boxes, valid_ratio)
+    eight = aligner(smca=True)(queries, memory, boxes, valid_ratio)
     assert not torch.equal(eight.points[:, :, 0], eight.points[:, :, 1])
 
 

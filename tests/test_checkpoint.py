@@ -15,12 +15,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from sam_detr.checkpoint import (
-    CheckpointError,
-    DamagedCheckpointError,
-    SAMDETRCheckpointer,
-    WeightsMismatchError,
-)
+from sam_detr.checkpoint.checkpointer import SAMDETRCheckpointer
+from sam_detr.weights import CheckpointError, DamagedCheckpointError, WeightsMismatchError
 from train_net_helpers import TINY_CONFIG, tiny_cfg
 
 import train_net

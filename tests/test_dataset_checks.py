@@ -11,7 +11,7 @@ import os
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from sam_detr.dataset_checks import DatasetError, load_checked_dataset
+from sam_detr.data.checks import DatasetError, load_checked_dataset
 from train_net_helpers import IMAGE_SIZE, write_tiny_coco
 
 import train_net

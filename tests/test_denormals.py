@@ -1,4 +1,4 @@
-"""Subnormal float32 numbers flushed to zero on every thread (``sam_detr.denormals``), each
+"""Subnormal float32 numbers flushed to zero on every thread (``sam_detr.utils.denormals``), each
 scenario in a fresh two-thread subprocess (the mode is per thread and per process): the
 entry points (``train_net.py``'s setup, ``SAMDETRPredictor``) set it before any intra-op
 thread starts, so a product spread over both threads has no subnormal left;
@@ -86,7 +86,7 @@ def test_key_off_keeps_subnormals_and_a_late_call_is_reported(tmp_path):
     says so."""
     late_call = textwrap.dedent("""
         import logging
-        from sam_detr.denormals import flush_denormals
+        from sam_detr.utils.denormals import flush_denormals
         logging.basicConfig()
         print("ALL THREADS", flush_denormals())
         """)

@@ -18,8 +18,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from sam_detr.config import get_sam_detr_cfg
-from sam_detr.export import ExportableSAMDETR
-from sam_detr.roi_align import roi_align, traceable_roi_align
+from sam_detr.deploy.export import ExportableSAMDETR
+from sam_detr.modeling.roi_align import roi_align, traceable_roi_align
 from train_net_helpers import REPO, TINY_CONFIG, load_tool
 
 tool = load_tool("export_model")

@@ -11,9 +11,9 @@ import os
 
 import pytest
 import torch
-from sam_detr.checkpoint import CheckpointError
-from sam_detr.train_step import NonFiniteTrainingError
-from sam_detr.trainer import OutputDirError
+from sam_detr.engine.train_step import NonFiniteTrainingError
+from sam_detr.engine.trainer import OutputDirError
+from sam_detr.weights import CheckpointError
 from train_net_helpers import (
     TINY_CONFIG,
     limit_file_size,

@@ -14,15 +14,15 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
-from sam_detr.inference import fold_frozen_batchnorm
-from sam_detr.roi_align import roi_align, torchvision_path
-from sam_detr.transformer import (
+from sam_detr.deploy.batchnorm_folding import fold_frozen_batchnorm
+from sam_detr.modeling.attention import (
     _merge_heads,
     _split_heads,
     multi_head_attention,
     shared_key_attention,
     softmax_attention,
 )
+from sam_detr.modeling.roi_align import roi_align, torchvision_path
 from torch.nn import functional as F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_bfloat16_inference_follows_float32():
     with torch.no_grad():
         expected = fp32.inference(batch, do_postprocess=False)
         ours = bf16.inference(batch, do_postprocess=False)
-    assert str(bf16.inference_precision) == "mixed bfloat16 on cpu"
+    assert str(bf16.inference_autocast) == "mixed bfloat16 on cpu"
     assert ours["pred_logits"].dtype == torch.float32  # detections are computed in float32
     assert not torch.equal(ours["pred_logits"], expected["pred_logits"])
     assert (ours["pred_boxes"] - expected["pred_boxes"]).abs().max() < 0.02

@@ -11,8 +11,11 @@ import math
 
 import pytest
 import torch
-from sam_detr.deformable_attention import MultiScaleDeformableAttention, deformable_sampling
-from sam_detr.official_checkpoint import NotAnOfficialCheckpoint, detect_variant
+from sam_detr.checkpoint.official import NotAnOfficialCheckpoint, detect_variant
+from sam_detr.modeling.deformable_attention import (
+    MultiScaleDeformableAttention,
+    deformable_sampling,
+)
 from test_ablations import check_trains_and_infers
 from test_model import small_model
 

@@ -14,7 +14,7 @@ from official_fixtures import (
     fixture_model,
     requires_fixtures,
 )
-from sam_detr.official_checkpoint import coco_contiguous_ids, rename_official_key
+from sam_detr.checkpoint.official import coco_contiguous_ids, rename_official_key
 
 LOGIT_ATOL = 1e-3
 BOX_ATOL = 1e-4

@@ -6,9 +6,9 @@ The salient points' bilinear sampling of the RoI grid against ``F.grid_sample``.
 
 import pytest
 import torch
-from sam_detr import roi_align as roi_align_module
-from sam_detr.roi_align import roi_align
-from sam_detr.semantics_aligner import sample_region
+from sam_detr.modeling import roi_align as roi_align_module
+from sam_detr.modeling.roi_align import roi_align
+from sam_detr.modeling.salient_points import sample_region
 from torch.nn import functional as F
 from torchvision.ops import roi_align as torchvision_roi_align
 

@@ -13,16 +13,22 @@ import re
 import cv2
 import numpy as np
 import pytest
-import sam_detr.precision as precision_module
+import sam_detr.modeling.autocast as autocast_module
+import sam_detr.utils.cpu as cpu_module
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 from sam_detr import add_sam_detr_config
-from sam_detr.dataset_mapper import DetrDatasetMapper, ImageReadError
-from sam_detr.precision import MixedPrecision, Precision, ScaledMixedPrecision, build_precision
-from sam_detr.solver import build_optimizer
-from sam_detr.train_step import SAMDETRTrainStep
+from sam_detr.data.mapper import DetrDatasetMapper, ImageReadError
+from sam_detr.engine.precision import (
+    MixedPrecision,
+    Precision,
+    ScaledMixedPrecision,
+    build_precision,
+)
+from sam_detr.engine.solver import build_optimizer
+from sam_detr.engine.train_step import SAMDETRTrainStep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -197,7 +203,7 @@ def test_float16_scaling_with_the_fused_optimizer_skips_overflowing_steps():
 
 def test_precision_choice(monkeypatch):
     # As on this machine's CPU (native bfloat16), wherever the suite runs.
-    monkeypatch.setattr(precision_module, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(autocast_module, "cpu_has_native_bfloat16", lambda: True)
     assert str(build_precision(False, "auto", "cpu", scale=True)) == "float32"
     cpu = build_precision(True, "auto", "cpu", scale=True)
     assert isinstance(cpu, MixedPrecision) and cpu.dtype == torch.bfloat16
@@ -215,8 +221,8 @@ def test_auto_precision_stays_float32_where_bfloat16_is_emulated(monkeypatch, ca
     """A CPU without native bfloat16 (most laptops; this machine has it, so its detection is
     replaced here) trains "auto" mixed precision in float32, and says so; an explicit
     bfloat16 is still honoured."""
-    monkeypatch.setattr(precision_module, "cpu_has_native_bfloat16", lambda: False)
-    with caplog.at_level("WARNING", logger=precision_module.__name__):
+    monkeypatch.setattr(autocast_module, "cpu_has_native_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger=autocast_module.__name__):
         chosen = build_precision(True, "auto", "cpu", scale=True)
     assert type(chosen) is Precision and "running in float32" in caplog.text
     assert isinstance(build_precision(True, "bfloat16", "cpu", scale=True), MixedPrecision)
@@ -224,7 +230,7 @@ def test_auto_precision_stays_float32_where_bfloat16_is_emulated(monkeypatch, ca
 
 
 @pytest.mark.skipif(
-    platform.machine().lower() not in precision_module.X86_MACHINES
+    platform.machine().lower() not in cpu_module.X86_MACHINES
     or not os.path.exists("/proc/cpuinfo"),
     reason="needs Linux's CPU flags on x86",
 )
@@ -236,7 +242,7 @@ def test_native_bfloat16_detection_agrees_with_the_cpu_flags():
     expected = ("avx512_bf16" in flags or "amx_bf16" in flags) and bool(
         torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
-    assert precision_module.cpu_has_native_bfloat16() == expected
+    assert cpu_module.cpu_has_native_bfloat16() == expected
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

@@ -31,9 +31,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sam_detr.config import get_sam_detr_cfg
-from sam_detr.denormals import apply_denormal_mode
-from sam_detr.inference import prepare_for_inference
-from sam_detr.precision import Precision, build_precision
+from sam_detr.deploy.batchnorm_folding import prepare_for_inference
+from sam_detr.engine.precision import Precision, build_precision
+from sam_detr.utils.denormals import apply_denormal_mode
 
 # Objects per random training image, and their side as a fraction of the image (min, max).
 OBJECTS_PER_IMAGE = 8
@@ -113,7 +113,7 @@ def build_iteration(
             with torch.no_grad():
                 model(inputs)
 
-        return cfg, model, run, model.inference_precision
+        return cfg, model, run, model.inference_autocast
     model.train()
     precision = build_precision(
         cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False

@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 
 from detectron2.modeling import build_model
-from sam_detr.checkpoint import save_atomically
-from sam_detr.config import get_sam_detr_cfg
-from sam_detr.official_checkpoint import (
+from sam_detr.checkpoint.atomic import save_atomically
+from sam_detr.checkpoint.official import (
     NotAnOfficialCheckpoint,
     check_against_model,
     convert_state_dict,
     detect_variant,
     load_official,
 )
+from sam_detr.config import get_sam_detr_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

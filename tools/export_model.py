@@ -34,11 +34,11 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
-from sam_detr.checkpoint import SAMDETRCheckpointer
+from sam_detr.checkpoint.checkpointer import SAMDETRCheckpointer
 from sam_detr.config import get_sam_detr_cfg
-from sam_detr.denormals import apply_denormal_mode
-from sam_detr.export import EXPORT_OUTPUTS, ExportableSAMDETR, dynamic_image_shapes
-from sam_detr.predictor import build_test_resize, model_input
+from sam_detr.deploy.export import EXPORT_OUTPUTS, ExportableSAMDETR, dynamic_image_shapes
+from sam_detr.deploy.predictor import build_test_resize, model_input
+from sam_detr.utils.denormals import apply_denormal_mode
 from torchvision.ops import box_convert
 
 logger = logging.getLogger("sam_detr.export_model")

@@ -25,7 +25,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 from sam_detr import SAMDETRPredictor
 from sam_detr.config import get_sam_detr_cfg
-from sam_detr.predictor import model_input
+from sam_detr.deploy.predictor import model_input
 from torch.nn import functional as F
 from torchvision.ops import box_convert
 

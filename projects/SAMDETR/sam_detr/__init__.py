@@ -6,7 +6,7 @@ synthetic datasets, and exposes ``add_sam_detr_config`` and ``SAMDETRPredictor``
 
 from . import data  # noqa: F401  (registers the built-in synthetic datasets)
 from .config import add_sam_detr_config
-from .meta_arch import SAMDETR
-from .predictor import SAMDETRPredictor
+from .deploy.predictor import SAMDETRPredictor
+from .modeling.meta_arch import SAMDETR
 
 __all__ = ["SAMDETR", "SAMDETRPredictor", "add_sam_detr_config"]

@@ -6,13 +6,25 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .dataset_checks import check_invalid_box_policy
-from .precision import check_amp_dtype, check_amp_scope
-from .roi_align import ROI_ALIGN_IMPLEMENTATIONS
-from .semantics_aligner import QUERY_RESAMPLING, SEARCH_RANGES
+__all__ = ["add_sam_detr_config", "check_choice", "get_sam_detr_cfg", "validate_sam_detr_config"]
+
+# ---- The values that keys with a fixed set of choices take (the model maps each to a class) ----
+# MODEL.SAM_DETR.ROI_ALIGN
+ROI_ALIGN_CHOICES = ("auto", "torchvision")
+# MODEL.SAM_DETR.QUERY_RESAMPLING
+QUERY_RESAMPLING_CHOICES = ("salient_points", "avg_pool", "max_pool")
+# MODEL.SAM_DETR.SEARCH_RANGE
+SEARCH_RANGE_CHOICES = ("box", "image")
+# SOLVER.AMP.DTYPE
+AMP_AUTO = "auto"
+AMP_DTYPE_CHOICES = (AMP_AUTO, "float16", "bfloat16")
+# SOLVER.AMP.SCOPE
+AMP_SCOPE_CHOICES = ("model", "backbone")
+# DATASETS.INVALID_BOXES
+INVALID_BOX_CHOICES = ("drop", "error")
 
 # The ablation keys and their defaults (the paper's model); the baseline takes no other value.
-_SAM_ABLATION_DEFAULTS = {
+ABLATION_DEFAULTS = {
     "QUERY_RESAMPLING": "salient_points",
     "NUM_SALIENT_POINTS": 0,
     "SEARCH_RANGE": "box",
@@ -38,7 +50,7 @@ def add_sam_detr_config(cfg: CN) -> None:
     _C.DIM_FEEDFORWARD = 2048
     _C.DROPOUT = 0.1
     # Gaussian-like spatial prior around each salient point (SMCA) in cross-attention.
-    _C.SMCA = False
+    _C.SMCA = ABLATION_DEFAULTS["SMCA"]
     # Divisor of the SMCA log-weights (the value SMCA-DETR uses).
     _C.SMCA_DIVISOR = 8.0
     # GroupNorm after the 1x1 input projection (present in the official 12-epoch models).
@@ -56,14 +68,14 @@ def add_sam_detr_config(cfg: CN) -> None:
     _C.SEMANTIC_ALIGNED_MATCHING = True
     # How the Semantics Aligner re-samples a query from its RoI: "salient_points" (the paper's),
     # or the RoI's "avg_pool" / "max_pool" for every head, positioned at the box centre.
-    _C.QUERY_RESAMPLING = "salient_points"
+    _C.QUERY_RESAMPLING = ABLATION_DEFAULTS["QUERY_RESAMPLING"]
     # Salient points per query: 0 = one per attention head (SP x8); 1 = one shared by all (SP x1).
-    _C.NUM_SALIENT_POINTS = 0
+    _C.NUM_SALIENT_POINTS = ABLATION_DEFAULTS["NUM_SALIENT_POINTS"]
     # Where salient points are searched: "box" (inside the reference box, the paper's) or
     # "image" (box centre plus an offset in units of the image, sampled from the whole map).
-    _C.SEARCH_RANGE = "box"
+    _C.SEARCH_RANGE = ABLATION_DEFAULTS["SEARCH_RANGE"]
     # Reweighting of the re-sampled queries and positions by the previous queries (RW).
-    _C.REWEIGHTING = True
+    _C.REWEIGHTING = ABLATION_DEFAULTS["REWEIGHTING"]
     # ---- Multi-scale SAM-DETR (the official --multiscale models) ----
     # Backbone features the transformer reads, its feature levels from fine to coarse (list
     # them in MODEL.RESNETS.OUT_FEATURES too). [] = the backbone's coarsest output alone
@@ -182,18 +194,20 @@ def validate_sam_detr_config(cfg: CN) -> None:
         )
     if not 0 < c.PRIOR_PROB < 1:
         raise ValueError(f"MODEL.SAM_DETR.PRIOR_PROB must be in (0, 1), got {c.PRIOR_PROB}.")
-    if c.ROI_ALIGN not in ROI_ALIGN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"MODEL.SAM_DETR.ROI_ALIGN must be one of {sorted(ROI_ALIGN_IMPLEMENTATIONS)}, got "
-            f"{c.ROI_ALIGN!r}."
-        )
+    check_choice("MODEL.SAM_DETR.ROI_ALIGN", c.ROI_ALIGN, ROI_ALIGN_CHOICES)
     if not 0 <= c.DROPOUT < 1:
         raise ValueError(f"MODEL.SAM_DETR.DROPOUT must be in [0, 1), got {c.DROPOUT}.")
     _validate_levels(c)
     _validate_ablations(c)
-    check_amp_dtype(cfg.SOLVER.AMP.DTYPE)
-    check_amp_scope(cfg.SOLVER.AMP.SCOPE)
-    check_invalid_box_policy(cfg.DATASETS.INVALID_BOXES)
+    check_choice("SOLVER.AMP.DTYPE", cfg.SOLVER.AMP.DTYPE, AMP_DTYPE_CHOICES)
+    check_choice("SOLVER.AMP.SCOPE", cfg.SOLVER.AMP.SCOPE, AMP_SCOPE_CHOICES)
+    check_choice("DATASETS.INVALID_BOXES", cfg.DATASETS.INVALID_BOXES, INVALID_BOX_CHOICES)
+
+
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming ``key`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}.")
 
 
 def _validate_levels(c: CN) -> None:
@@ -223,18 +237,15 @@ def _validate_levels(c: CN) -> None:
 
 def _validate_ablations(c: CN) -> None:
     """Refuse ablation keys with unknown values or combinations without a meaning."""
-    for key, allowed in (("QUERY_RESAMPLING", QUERY_RESAMPLING), ("SEARCH_RANGE", SEARCH_RANGES)):
-        if c[key] not in allowed:
-            raise ValueError(
-                f"MODEL.SAM_DETR.{key} must be one of {list(allowed)}, got {c[key]!r}."
-            )
+    check_choice("MODEL.SAM_DETR.QUERY_RESAMPLING", c.QUERY_RESAMPLING, QUERY_RESAMPLING_CHOICES)
+    check_choice("MODEL.SAM_DETR.SEARCH_RANGE", c.SEARCH_RANGE, SEARCH_RANGE_CHOICES)
     if c.NUM_SALIENT_POINTS not in (0, 1, c.NHEADS):
         raise ValueError(
             "MODEL.SAM_DETR.NUM_SALIENT_POINTS must be 0 (one per head), 1 (shared by all "
             f"heads) or NHEADS={c.NHEADS}, got {c.NUM_SALIENT_POINTS}."
         )
     if not c.SEMANTIC_ALIGNED_MATCHING:
-        changed = [k for k, default in _SAM_ABLATION_DEFAULTS.items() if c[k] != default]
+        changed = [k for k, default in ABLATION_DEFAULTS.items() if c[k] != default]
         if changed:
             raise ValueError(
                 "MODEL.SAM_DETR.SEMANTIC_ALIGNED_MATCHING False is the baseline DETR, which has "
@@ -245,7 +256,7 @@ def _validate_ablations(c: CN) -> None:
         changed = [
             k
             for k in ("NUM_SALIENT_POINTS", "SEARCH_RANGE", "SMCA")
-            if c[k] != _SAM_ABLATION_DEFAULTS[k]
+            if c[k] != ABLATION_DEFAULTS[k]
         ]
         if changed:
             raise ValueError(

@@ -119,7 +119,7 @@ def summary() -> Dict[str, SummaryValue]:
     if facts["torch"] is not None:
         import torch
 
-        from .precision import cpu_has_native_bfloat16
+        from .utils.cpu import cpu_has_native_bfloat16
 
         facts["torch_cuda_build"] = torch.version.cuda
         facts["cuda_available"] = torch.cuda.is_available()

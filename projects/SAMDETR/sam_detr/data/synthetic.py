@@ -32,6 +32,8 @@ from typing import Dict, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..utils.files import DIRECTORY_MODE, UMASK
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX platforms generate without a lock
@@ -66,7 +68,6 @@ CACHE_ENV_VAR = "SAM_DETR_DATASETS"
 DEFAULT_CACHE_ROOT = Path("~/.cache/sam_detr")
 COMPLETE_MARKER = "spec.json"  # written last inside the temporary directory
 SPEC_HASH_CHARS = 10
-DIRECTORY_MODE = 0o777  # before the umask, like os.makedirs
 PNG_COMPRESSION = 1  # zlib level 1: the noisy images barely compress better at 9, but slower
 
 # Shape geometry. A shape of "size" s is inscribed in a circle of diameter s (before the aspect
@@ -419,12 +420,6 @@ def _is_complete(directory: Path) -> bool:
     )
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path``; yields whether a lock is actually held."""
@@ -464,7 +459,7 @@ def generate(
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=final.parent))
         try:
-            os.chmod(tmp, DIRECTORY_MODE & ~_current_umask())  # mkdtemp makes it owner-only
+            os.chmod(tmp, DIRECTORY_MODE & ~UMASK)  # mkdtemp makes it owner-only
             counts = {split: _write_split(spec, split, tmp) for split in SPLITS}
             (tmp / COMPLETE_MARKER).write_text(json.dumps(spec.to_dict(), indent=2))
             if final.exists() and not _is_complete(final):

@@ -4,61 +4,33 @@ losses in training and top-k detections at inference, in Detectron2's convention
 Single-scale models read one backbone feature, multi-scale ones several (one input
 projection each)."""
 
-import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils.logger import log_first_n
+from detectron2.structures import ImageList
 from torch import nn
-from torchvision.ops import box_convert
 
+from ..config import validate_sam_detr_config
+from ..weights import refuse_incomplete_load
+from .autocast import AMP_SCOPES, Autocast, AutocastScope, build_autocast
 from .backbone import build_sam_detr_backbone, downsample_mask
-from .checkpoint import StateDiff, WeightsMismatchError
-from .config import validate_sam_detr_config
+from .baseline import BaselineDETRTransformer
 from .criterion import SetCriterion
+from .detections import detections
+from .images import check_image, padding_mask
+from .layer_spec import SAMLayerSpec
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
-from .precision import AMP_SCOPES, AutocastScope, Precision, build_precision
-from .transformer import DetectionTransformer, SAMLayerSpec, build_transformer
+from .targets import prepare_targets
+from .transformer import DetectionTransformer, SAMTransformer
 
-__all__ = ["SAMDETR", "check_image"]
+__all__ = ["SAMDETR", "TRANSFORMERS"]
 
-# Largest value of a float input image that suggests [0, 1] scaling instead of [0, 255].
-UNIT_RANGE_MAX = 1.0
-
-
-def check_image(image: torch.Tensor, channels: int) -> None:
-    """Refuse an input ``"image"`` that is not ``(channels, H, W)``; warn (once) when a float
-    image looks scaled to [0, 1] (the model expects pixel values in [0, 255])."""
-    if image.dim() != 3 or image.shape[0] != channels:
-        raise ValueError(
-            f'SAMDETR expects each input\'s "image" as a ({channels}, H, W) tensor in '
-            f"INPUT.FORMAT channel order with values in [0, 255]; got shape {tuple(image.shape)}."
-        )
-    if image.is_floating_point() and image.numel() and float(image.max()) <= UNIT_RANGE_MAX:
-        log_first_n(
-            logging.WARNING,
-            "SAMDETR got a float image with values in [0, 1]; the model expects [0, 255] "
-            "(multiply by 255). Detections on such an image are meaningless.",
-            n=1,
-        )
-
-
-def _refuse_incomplete_load(module: "SAMDETR", incompatible) -> None:
-    """``load_state_dict`` post-hook: with ``strict_weights``, any missing or unexpected tensor
-    is an error, whoever loads (Detectron2's plain checkpointer loads with strict=False)."""
-    if module.strict_weights and (incompatible.missing_keys or incompatible.unexpected_keys):
-        diff = StateDiff(list(incompatible.missing_keys), list(incompatible.unexpected_keys))
-        raise WeightsMismatchError(
-            f"SAM-DETR weights do not fit the model: {diff.describe()} (Detectron2's "
-            "checkpointer drops tensors of another shape and reports them missing). Load "
-            "through sam_detr's SAMDETRCheckpointer or SAMDETRPredictor for a full report, or "
-            "set MODEL.SAM_DETR.STRICT_WEIGHTS False to keep the unmatched tensors random."
-        )
+# MODEL.SAM_DETR.SEMANTIC_ALIGNED_MATCHING -> the transformer (False: the paper's baseline).
+TRANSFORMERS = {True: SAMTransformer, False: BaselineDETRTransformer}
 
 
 def _input_projection(in_channels: int, dim: int, gn_groups: int) -> nn.Sequential:
@@ -93,7 +65,7 @@ class SAMDETR(nn.Module):
         score_threshold: float,
         strict_weights: bool = True,
         channels_last: bool = True,
-        inference_precision: Optional[Precision] = None,
+        inference_autocast: Autocast = Autocast(),
         amp_scope: AutocastScope = AutocastScope(),
     ) -> None:
         """
@@ -116,13 +88,13 @@ class SAMDETR(nn.Module):
             score_threshold: detections scoring at or below it are dropped at inference.
             strict_weights: refuse to load a state_dict that misses or adds tensors.
             channels_last: run the backbone in channels-last memory format.
-            inference_precision: float32 (None) or mixed precision of :meth:`inference`.
+            inference_autocast: float32 or mixed precision of :meth:`inference`.
             amp_scope: what runs under autocast, when it is on (``SOLVER.AMP.SCOPE``).
         """
         super().__init__()
         self.backbone_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone = backbone.to(memory_format=self.backbone_format)
-        self.inference_precision = inference_precision or Precision()
+        self.inference_autocast = inference_autocast
         self.amp_scope = amp_scope
         shapes = backbone.output_shape()
         self.in_features = list(in_features) or [
@@ -145,8 +117,7 @@ class SAMDETR(nn.Module):
         self.input_proj = projections[0] if len(projections) == 1 else nn.ModuleList(projections)
         self.position_embedding = MapPositionEmbedding(dim, position_temperature)
         self.transformer = transformer
-        # Learnable per-query parameters: SAM's reference boxes (``reference_boxes``, cx, cy,
-        # w, h before sigmoid) or the baseline's position embeddings (``query_pos``).
+        # Learnable per-query parameters (reference boxes; the baseline's query positions).
         self.query_parameters_name, width = transformer.query_parameters
         self.add_module(self.query_parameters_name, nn.Embedding(num_queries, width))
         bias = -math.log((1 - prior_prob) / prior_prob)
@@ -163,7 +134,7 @@ class SAMDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.strict_weights = strict_weights
-        self.register_load_state_dict_post_hook(_refuse_incomplete_load)
+        self.register_load_state_dict_post_hook(refuse_incomplete_load)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -196,11 +167,10 @@ class SAMDETR(nn.Module):
             deformable_points=c.DEFORMABLE_POINTS,
             enc_dim_feedforward=c.ENC_DIM_FEEDFORWARD,
         )
-        transformer = build_transformer(
+        transformer = TRANSFORMERS[c.SEMANTIC_ALIGNED_MATCHING](
             layer_spec,
             c.ENC_LAYERS,
             c.DEC_LAYERS,
-            c.SEMANTIC_ALIGNED_MATCHING,
             [list(c.IN_FEATURES).index(name) for name in c.DECODER_IN_FEATURES],
         )
         criterion = SetCriterion(
@@ -229,8 +199,8 @@ class SAMDETR(nn.Module):
             "score_threshold": c.SCORE_THRESH_TEST,
             "strict_weights": c.STRICT_WEIGHTS,
             "channels_last": c.CHANNELS_LAST,
-            "inference_precision": build_precision(
-                cfg.TEST.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE, scale=False
+            "inference_autocast": build_autocast(
+                cfg.TEST.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE
             ),
             "amp_scope": AMP_SCOPES[cfg.SOLVER.AMP.SCOPE](),
         }
@@ -259,11 +229,7 @@ class SAMDETR(nn.Module):
             check_image(x["image"], len(self.pixel_mean))
         images = [self.normalize(x["image"].to(self.device)) for x in batched_inputs]
         images = ImageList.from_tensors(images)
-        B, _, H, W = images.tensor.shape
-        mask = torch.ones((B, H, W), dtype=torch.bool, device=self.device)
-        for i, (h, w) in enumerate(images.image_sizes):
-            mask[i, :h, :w] = False
-        return images, mask
+        return images, padding_mask(images)
 
     def forward_outputs(
         self, pixels: torch.Tensor, mask: torch.Tensor
@@ -292,8 +258,10 @@ class SAMDETR(nn.Module):
             return self.inference(batched_inputs)
         images, mask = self.preprocess_image(batched_inputs)
         logits, boxes = self.forward_outputs(images.tensor, mask)
-        targets = self.prepare_targets(
-            [x["instances"].to(self.device) for x in batched_inputs], images.image_sizes
+        targets = prepare_targets(
+            [x["instances"].to(self.device) for x in batched_inputs],
+            images.image_sizes,
+            self.num_classes,
         )
         if not self.aux_loss:
             logits, boxes = logits[-1:], boxes[-1:]
@@ -301,32 +269,13 @@ class SAMDETR(nn.Module):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self.criterion(logits, boxes, targets)
 
-    def prepare_targets(
-        self, instances: List[Instances], image_sizes: List[Tuple[int, int]]
-    ) -> List[Dict[str, torch.Tensor]]:
-        """Ground truth as ``labels (T,)`` and ``boxes (T, 4)`` cx, cy, w, h normalised by
-        each image's unpadded size."""
-        targets = []
-        for inst, (h, w) in zip(instances, image_sizes):
-            labels = inst.gt_classes
-            if len(labels) and int(labels.max()) >= self.num_classes:
-                raise ValueError(
-                    f"Ground-truth class {int(labels.max())} is out of range for "
-                    f"MODEL.SAM_DETR.NUM_CLASSES={self.num_classes}; set NUM_CLASSES to the "
-                    "dataset's number of classes."
-                )
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
-            boxes = box_convert(inst.gt_boxes.tensor / scale, "xyxy", "cxcywh")
-            targets.append({"labels": labels, "boxes": boxes})
-        return targets
-
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
         """Detections ``[{"instances": Instances}]`` rescaled to each input's "height" and
         "width" (default: its image size); or, with ``do_postprocess=False``, the raw dict
         ``pred_logits (B, N, K)``, ``pred_boxes (B, N, 4)``, ``aux_outputs`` (earlier
         layers, same keys)."""
         images, mask = self.preprocess_image(batched_inputs)
-        with self.inference_precision.autocast():
+        with self.inference_autocast.autocast():
             logits, boxes = self.forward_outputs(images.tensor, mask)
         logits, boxes = logits.float(), boxes.float()
         if not do_postprocess:
@@ -337,40 +286,15 @@ class SAMDETR(nn.Module):
                     {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])
                 ],
             }
-        results = self.detections(logits[-1], boxes[-1], images.image_sizes)
+        results = detections(
+            logits[-1],
+            boxes[-1],
+            images.image_sizes,
+            self.detections_per_image,
+            self.score_threshold,
+        )
         processed = []
         for result, inputs, size in zip(results, batched_inputs, images.image_sizes):
             height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed
-
-    def top_detections(
-        self, logits: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The ``k = min(detections_per_image, N * K)`` best (query, class) pairs by sigmoid
-        score of ``logits (B, N, K)``: scores, query indices and classes, each ``(B, k)``."""
-        N, K = logits.shape[-2:]
-        k = min(self.detections_per_image, N * K)
-        scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
-        return scores, index // K, index % K
-
-    def detections(
-        self,
-        logits: torch.Tensor,
-        boxes: torch.Tensor,
-        image_sizes: List[Tuple[int, int]],
-    ) -> List[Instances]:
-        """Top-k (query, class) pairs by sigmoid score; ``logits (B, N, K)``,
-        ``boxes (B, N, 4)``; boxes in absolute XYXY of each (unpadded) image."""
-        scores, query, labels = self.top_detections(logits)
-        xyxy = box_convert(boxes, "cxcywh", "xyxy")
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            keep = scores[i] > self.score_threshold
-            scale = xyxy.new_tensor([w, h, w, h])
-            result = Instances((h, w))
-            result.pred_boxes = Boxes(xyxy[i, query[i][keep]] * scale)
-            result.scores = scores[i][keep]
-            result.pred_classes = labels[i][keep]
-            results.append(result)
-        return results

@@ -2,7 +2,14 @@
 every head, additive cross-attention log-weights that decay with the distance between the
 head's salient point and each feature-map cell, scaled per point by predicted factors."""
 
+from typing import Tuple
+
 import torch
+from torch import nn
+
+from .semantics_aligner import AlignedQueries
+
+__all__ = ["NoSpatialPrior", "SMCAPrior", "smca_log_weights"]
 
 
 def smca_log_weights(
@@ -37,3 +44,38 @@ def smca_log_weights(
     dist_y = (points[..., 1, None] - ys).pow(2) * weights[..., 1, None]  # (B, M, N, H)
     dist = dist_x[..., None, :] + dist_y[..., :, None]  # (B, M, N, H, W)
     return (-dist / divisor).flatten(-2)
+
+
+class SMCAPrior(nn.Module):
+    """Adds SMCA's log-weights around each head's salient point to the attention bias."""
+
+    def __init__(self, divisor: float) -> None:
+        super().__init__()
+        self.divisor = divisor
+
+    def forward(
+        self,
+        bias: torch.Tensor,
+        aligned: AlignedQueries,
+        valid_ratio: torch.Tensor,
+        size: Tuple[int, int],
+    ) -> torch.Tensor:
+        """Padding ``bias (B, 1, 1, HW)``, the aligner's points and scales, ``valid_ratio
+        (B, 2)``, map size (H, W) -> ``(B, M, N, HW)``."""
+        height, width = size
+        return bias + smca_log_weights(
+            aligned.points, aligned.scales, valid_ratio, height, width, self.divisor
+        )
+
+
+class NoSpatialPrior(nn.Module):
+    """Without SMCA: the attention bias as it is (padding only)."""
+
+    def forward(
+        self,
+        bias: torch.Tensor,
+        aligned: AlignedQueries,
+        valid_ratio: torch.Tensor,
+        size: Tuple[int, int],
+    ) -> torch.Tensor:
+        return bias

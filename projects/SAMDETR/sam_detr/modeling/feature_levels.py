@@ -34,6 +34,10 @@ class FeatureLevel(NamedTuple):
     size: Tuple[int, int]  # (H, W)
     valid_ratio: torch.Tensor  # (B, 2) unpadded fraction (w, h) of the map, in src's dtype
 
+    def memory_map(self) -> torch.Tensor:
+        """The memory as a map ``(B, d, H, W)``."""
+        return self.memory.transpose(1, 2).unflatten(2, self.size)
+
     @classmethod
     def from_map(cls, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> "FeatureLevel":
         """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` (True on padding) -> a level."""

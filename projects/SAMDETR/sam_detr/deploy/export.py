@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torchvision.ops import box_convert
 
-from .inference import prepare_for_inference
-from .meta_arch import SAMDETR
-from .roi_align import traceable_roi_align
-from .semantics_aligner import SemanticsAligner
+from ..modeling.detections import top_detections
+from ..modeling.meta_arch import SAMDETR
+from ..modeling.roi_align import traceable_roi_align
+from ..modeling.semantics_aligner import SemanticsAligner
+from .batchnorm_folding import prepare_for_inference
 
 __all__ = ["EXPORT_OUTPUTS", "ExportableSAMDETR", "prepare_for_export"]
 
@@ -54,7 +55,7 @@ class ExportableSAMDETR(nn.Module):
         mask = torch.zeros_like(pixels[:, 0], dtype=torch.bool)  # one image: no padding
         logits, boxes = model.forward_outputs(pixels, mask)
         logits, boxes = logits[-1], boxes[-1]  # (1, N, K), (1, N, 4)
-        scores, query, classes = model.top_detections(logits)
+        scores, query, classes = top_detections(logits, model.detections_per_image)
         xyxy = box_convert(boxes[0, query[0]], "cxcywh", "xyxy").unflatten(-1, (2, 2))
         xyxy = torch.stack((xyxy[..., 0] * width, xyxy[..., 1] * height), dim=-1).flatten(-2)
         return xyxy, scores[0], classes[0], logits[0], boxes[0]

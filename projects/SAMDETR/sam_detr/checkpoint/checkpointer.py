@@ -17,11 +17,6 @@ Detectron2's behaviour). Resuming skips a damaged newest checkpoint for the prev
 import errno
 import logging
 import os
-import pickle
-import re
-import tempfile
-import zipfile
-from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -30,143 +25,23 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils import comm
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-__all__ = [
-    "CheckpointError",
-    "DamagedCheckpointError",
-    "WeightsMismatchError",
-    "SAMDETRCheckpointer",
-    "StateDiff",
-    "write_atomically",
-    "save_atomically",
-]
+from ..weights import (
+    CLASS_HEAD_NAME,
+    SHOWN_KEYS,
+    CheckpointError,
+    StateDiff,
+    WeightsMismatchError,
+)
+from .atomic import write_atomically
+from .reading import CONVERSION_HINT, UNREADABLE_ERRORS, unreadable
+from .run_files import LAST_CHECKPOINT, remove_interrupted_saves, run_checkpoints
+
+__all__ = ["LAST_CHECKPOINT", "SAMDETRCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
-# Name of the per-decoder-layer classification heads in the SAM-DETR state_dict.
-CLASS_HEAD_NAME = "class_embed"
 # Prefix of the backbone's tensors in the SAM-DETR state_dict.
 BACKBONE_PREFIX = "backbone."
-# Hint for users who pass a checkpoint of the official code base directly.
-CONVERSION_HINT = (
-    "Checkpoints of the official SAM-DETR code must be converted first with "
-    "tools/convert_official_checkpoint.py."
-)
-# The file naming the newest checkpoint of a run (fvcore's convention).
-LAST_CHECKPOINT = "last_checkpoint"
-# Checkpoint files of a run, as Detectron2's PeriodicCheckpointer names them.
-RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
-# Temporary files of an interrupted save: "." + final name + random part + this suffix.
-TEMP_SUFFIX = ".tmp"
-INTERRUPTED_SAVE = re.compile(
-    rf"^\.({RUN_CHECKPOINT.pattern[1:-1]}|{LAST_CHECKPOINT})\..+{re.escape(TEMP_SUFFIX)}$"
-)
-# Permissions of written files before the umask, as open() gives them.
-FILE_MODE = 0o666
-# Every zip archive (torch.save's format) starts with these bytes.
-ZIP_MAGIC = b"PK\x03\x04"
-# Keys listed per kind in a mismatch message.
-SHOWN_KEYS = 6
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or written (the message names the file)."""
-
-
-class DamagedCheckpointError(CheckpointError):
-    """The file is a checkpoint that is incomplete or corrupt (a truncated save or copy)."""
-
-
-class WeightsMismatchError(CheckpointError):
-    """The checkpoint's tensors do not fit the model (another architecture or class count)."""
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Read once: setting it to read it is process-wide, a race with threads that create files.
-UMASK = _read_umask()
-# What torch.load / unpickling raise for a file that is not a (complete) checkpoint (and
-# OSError EINVAL, torch's zip reader's for a truncated file); other OSErrors (an unreadable
-# disk, a stale network handle) and MemoryError propagate as they are.
-UNREADABLE_ERRORS = (
-    RuntimeError,
-    pickle.UnpicklingError,
-    EOFError,
-    zipfile.BadZipFile,
-    UnicodeDecodeError,
-    ValueError,
-    KeyError,
-    AttributeError,
-    ImportError,
-    TypeError,
-)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make a rename in ``directory`` durable; where the file system cannot (some network and
-    FUSE mounts refuse fsync on a folder), warn: the file itself is complete."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        logger.warning("Could not flush the folder %s to disk (%s).", directory, e)
-
-
-class _RecordingWriter:
-    """A binary file that remembers the ``OSError`` of a failed write: ``torch.save``'s zip
-    writer turns it into a RuntimeError without the reason (disk full, file too large)."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._file = f
-        self.error: Optional[OSError] = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self._file.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
-def write_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file of the same folder, flush
-    it to disk and rename it over ``path``. On any failure the temporary file is removed, an
-    existing ``path`` is untouched, and the exception propagates (the ``OSError`` of a failed
-    write, whatever ``write`` made of it)."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE & ~UMASK)  # mkstemp makes the file private (0600)
-            recorder = _RecordingWriter(f)
-            try:
-                write(recorder)  # type: ignore[arg-type]
-            except Exception as e:
-                if recorder.error is not None and recorder.error is not e:
-                    raise recorder.error from e
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def save_atomically(obj: Any, path: str) -> None:
-    """``torch.save(obj)`` into ``path`` with :func:`write_atomically`."""
-    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def _non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
@@ -177,64 +52,6 @@ def _non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
     ]
 
 
-def _shape(value: Any) -> Tuple[int, ...]:
-    return tuple(value.shape)
-
-
-@dataclass
-class StateDiff:
-    """How a checkpoint's state_dict differs from a model's."""
-
-    missing: List[str] = field(default_factory=list)  # in the model only
-    unexpected: List[str] = field(default_factory=list)  # in the checkpoint only
-    misshaped: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(
-        default_factory=list
-    )  # (key, checkpoint shape, model shape)
-
-    @classmethod
-    def between(cls, checkpoint: Mapping[str, Any], model: Mapping[str, Any]) -> "StateDiff":
-        return cls(
-            missing=[k for k in model if k not in checkpoint],
-            unexpected=[k for k in checkpoint if k not in model],
-            misshaped=[
-                (k, _shape(v), _shape(model[k]))
-                for k, v in checkpoint.items()
-                if k in model and _shape(v) != _shape(model[k])
-            ],
-        )
-
-    def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.misshaped)
-
-    def describe(self) -> str:
-        """One line per kind of difference, with the first keys and the counts."""
-
-        def listing(items: List[str]) -> str:
-            more = f", ... ({len(items)} in all)" if len(items) > SHOWN_KEYS else ""
-            return ", ".join(items[:SHOWN_KEYS]) + more
-
-        lines = []
-        if self.missing:
-            lines.append(f"missing in the checkpoint: {listing(self.missing)}")
-        if self.unexpected:
-            lines.append(f"not in the model: {listing(self.unexpected)}")
-        if self.misshaped:
-            shapes = [f"{k} {c} in the checkpoint, {m} in the model" for k, c, m in self.misshaped]
-            lines.append(f"other shape: {listing(shapes)}")
-        return "; ".join(lines)
-
-    def class_count_change(self) -> Optional[Tuple[int, int]]:
-        """``(checkpoint classes, model classes)`` when the only difference is the number of
-        rows of the class heads (same input width), else None."""
-        if self.missing or self.unexpected or not self.misshaped:
-            return None
-        for key, ckpt_shape, model_shape in self.misshaped:
-            if CLASS_HEAD_NAME not in key.split(".") or ckpt_shape[1:] != model_shape[1:]:
-                return None
-        _, ckpt_shape, model_shape = self.misshaped[0]
-        return ckpt_shape[0], model_shape[0]
-
-
 def _backbone_only(checkpoint: Mapping[str, Any], diff: StateDiff) -> bool:
     """Whether the checkpoint holds exactly the model's backbone and nothing else."""
     return (
@@ -243,29 +60,6 @@ def _backbone_only(checkpoint: Mapping[str, Any], diff: StateDiff) -> bool:
         and not diff.misshaped
         and all(k.startswith(BACKBONE_PREFIX) for k in checkpoint)
         and not [k for k in diff.missing if k.startswith(BACKBONE_PREFIX)]
-    )
-
-
-def _unreadable(filename: str, error: BaseException) -> CheckpointError:
-    """The error for a file that ``torch.load`` / pickle could not read."""
-    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    try:
-        size = os.path.getsize(filename)
-        with open(filename, "rb") as f:
-            head = f.read(len(ZIP_MAGIC))
-    except OSError as e:
-        return CheckpointError(f"Cannot read '{filename}': {e}")
-    if size == 0:
-        return DamagedCheckpointError(
-            f"'{filename}' is empty (an interrupted save or copy). Use another checkpoint."
-        )
-    if head == ZIP_MAGIC:
-        return DamagedCheckpointError(
-            f"'{filename}' is a damaged or incomplete checkpoint ({size} bytes; a truncated "
-            f"save or copy?): {reason}. Copy it again or use another checkpoint."
-        )
-    return CheckpointError(
-        f"'{filename}' is not a PyTorch or Detectron2 checkpoint ({reason}). {CONVERSION_HINT}"
     )
 
 
@@ -357,11 +151,11 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
         try:
             loaded = super()._load_file(filename)
         except UNREADABLE_ERRORS as e:
-            raise _unreadable(filename, e) from e
+            raise unreadable(filename, e) from e
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            raise _unreadable(filename, e) from e
+            raise unreadable(filename, e) from e
         model_state = loaded.get("model") if isinstance(loaded, dict) else None
         if not isinstance(model_state, dict) or not all(
             isinstance(v, torch.Tensor) or hasattr(v, "shape") for v in model_state.values()
@@ -428,29 +222,14 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
     # ---- resuming -------------------------------------------------------------------------
 
     def _resume_candidates(self) -> List[str]:
-        """Checkpoint files of ``save_dir``: the one ``last_checkpoint`` names first, then the
-        others from the newest iteration down."""
         tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
-        found = []
-        for name in os.listdir(self.save_dir) if os.path.isdir(self.save_dir) else []:
-            m = RUN_CHECKPOINT.match(name)
-            if m:
-                order = float("inf") if m.group(1) == "final" else int(m.group(1))
-                found.append((order, os.path.join(self.save_dir, name)))
-        others = [p for _, p in sorted(found, reverse=True) if p != tagged]
-        return ([tagged] if tagged and os.path.basename(tagged) else []) + others
+        return run_checkpoints(self.save_dir, tagged)
 
     def remove_interrupted_saves(self) -> None:
         """Delete the temporary files that saves killed mid-way left in ``save_dir``. Only for
         the process that saves (the main one), when it starts: another process's save may be
         under way otherwise."""
-        for name in os.listdir(self.save_dir) if os.path.isdir(self.save_dir) else []:
-            if INTERRUPTED_SAVE.match(name):
-                try:
-                    os.remove(os.path.join(self.save_dir, name))
-                except FileNotFoundError:
-                    continue
-                logger.warning("Removed %s, left by an interrupted save.", name)
+        remove_interrupted_saves(self.save_dir)
 
     def _try_resume_from(self, path: str) -> Tuple[Optional[Dict[str, Any]], str, bool]:
         """``(leftover checkpoint data, "", False)`` after loading ``path``, or ``(None,

@@ -27,8 +27,8 @@ from detectron2.engine import TrainerBase
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..data.sample_stream import STEP_SEED, derive_seed
 from .precision import Precision
-from .sample_stream import STEP_SEED, derive_seed
 
 __all__ = ["NonFiniteTrainingError", "SAMDETRTrainStep"]
 

@@ -19,9 +19,9 @@ from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from .checkpoint import SAMDETRCheckpointer
-from .denormals import apply_denormal_mode
-from .inference import prepare_for_inference
+from ..checkpoint.checkpointer import SAMDETRCheckpointer
+from ..utils.denormals import apply_denormal_mode
+from .batchnorm_folding import prepare_for_inference
 
 __all__ = ["SAMDETRPredictor", "build_test_resize", "check_bgr_image", "model_input"]
 

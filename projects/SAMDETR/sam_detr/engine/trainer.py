@@ -18,13 +18,13 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import SAMDETRCheckpointer
-from .dataset_checks import load_checked_dataset
-from .dataset_mapper import DetrDatasetMapper
-from .environment import has_compiled_ops
+from ..checkpoint.checkpointer import SAMDETRCheckpointer
+from ..data.checks import load_checked_dataset
+from ..data.mapper import DetrDatasetMapper
+from ..data.sample_stream import SampleStream, build_stream_loader, serialize_dataset
+from ..environment import has_compiled_ops
 from .launch import create_ddp_model
 from .precision import build_precision
-from .sample_stream import SampleStream, build_stream_loader, serialize_dataset
 from .solver import FULL_MODEL_CLIP_TYPE, build_optimizer
 from .train_step import NonFiniteTrainingError, SAMDETRTrainStep
 

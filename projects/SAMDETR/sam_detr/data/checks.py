@@ -27,11 +27,11 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.structures import BoxMode
 
+from ..config import INVALID_BOX_CHOICES, check_choice
+
 __all__ = [
     "DatasetError",
-    "INVALID_BOX_POLICIES",
     "check_annotations",
-    "check_invalid_box_policy",
     "check_coco_json",
     "check_num_classes",
     "load_checked_dataset",
@@ -41,8 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # DATASETS.INVALID_BOXES values.
-DROP, ERROR = "drop", "error"
-INVALID_BOX_POLICIES = (DROP, ERROR)
+DROP, ERROR = INVALID_BOX_CHOICES
 # Kinds of invalid boxes that the policy applies to.
 ZERO_SIZE = "of zero width or height"
 OUTSIDE = "entirely outside its image"
@@ -110,14 +109,6 @@ def _xywh(anno: Dict[str, Any]) -> List[float]:
     return box
 
 
-def check_invalid_box_policy(policy: str) -> None:
-    """Raise ``ValueError`` unless ``policy`` is a value of ``DATASETS.INVALID_BOXES``."""
-    if policy not in INVALID_BOX_POLICIES:
-        raise ValueError(
-            f"DATASETS.INVALID_BOXES must be one of {INVALID_BOX_POLICIES}, got {policy!r}."
-        )
-
-
 def _refuse_duplicated_ids(dataset_name: str, images: Iterable[Tuple[Any, Any]]) -> None:
     """Raise if an image id of ``images`` (``(image id, file name)`` pairs) repeats."""
     images = list(images)
@@ -169,7 +160,7 @@ def check_annotations(
 ) -> List[Dict[str, Any]]:
     """Check ``dicts`` of ``dataset_name`` (see the module docstring); return them with the
     policy-governed invalid boxes dropped (training) or kept (evaluation)."""
-    check_invalid_box_policy(invalid_boxes)
+    check_choice("DATASETS.INVALID_BOXES", invalid_boxes, INVALID_BOX_CHOICES)
     _refuse_duplicated_ids(
         dataset_name, ((d["image_id"], d.get("file_name")) for d in dicts if "image_id" in d)
     )

@@ -1,0 +1,1 @@
+"""Using a trained model: the predictor, inference preparation and export."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, its training step, numeric precision, optimiser and launching."""
