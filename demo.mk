@@ -1,7 +1,6 @@
-# `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset (2 CPU
-# cores: 9-11 minutes on a CPU with AVX512-BF16 on 2026-12-02, 21 minutes on one without native
-# bfloat16; README), print Detectron2's COCO table and `copypaste:`
-# lines, draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
+# `make demo`: train and evaluate a small SAM-DETR on the built-in synthetic dataset on 2 CPU
+# cores (time and AP: docs/demo.md), print Detectron2's COCO table and `copypaste:` lines,
+# draw the predicted boxes of a few validation images into $(DEMO_OUTPUT)/predictions/,
 # what the last decoder layer looks at (reference boxes, salient points, attention maps per
 # head) into $(DEMO_OUTPUT)/attention/, and the training losses into $(DEMO_OUTPUT)/losses.png;
 # then export the model to ONNX ($(DEMO_OUTPUT)/export/model.onnx) and check it with onnxruntime
@@ -17,6 +16,9 @@ DEMO_ENV ?= PYTHONPATH=projects/SAMDETR$${PYTHONPATH:+:$$PYTHONPATH}
 DEMO_OPTS ?=
 # Boxes drawn in the prediction images: focal-loss scores of a short training stay low.
 DEMO_MIN_SCORE ?= 0.3
+# Validation images drawn, enlarged from 160 px so that the labels stay readable.
+DEMO_NUM_IMAGES ?= 8
+DEMO_DRAW_SCALE ?= 3
 # The demo's ONNX file skips onnxscript's graph optimiser (13 of the export's 52 s here);
 # onnxruntime optimises the graph when it loads it (35 ms per image for this file, 32 for the
 # optimised one). Set it to --optimize for a file you would deploy.
@@ -28,8 +30,9 @@ demo: env
 	$(DEMO_ENV) $(PYTHON) train_net.py --config-file $(DEMO_CONFIG) \
 		OUTPUT_DIR $(DEMO_OUTPUT) $(DEMO_OPTS) \
 	&& $(DEMO_ENV) $(PYTHON) tools/run_tools.py \
-		visualize_predictions.py --config-file $(DEMO_OUTPUT)/config.yaml \
-		--output $(DEMO_OUTPUT)/predictions --min-score $(DEMO_MIN_SCORE) \
+		predict.py --config-file $(DEMO_OUTPUT)/config.yaml --dataset sam_detr_synthetic_val \
+		--max-images $(DEMO_NUM_IMAGES) --scale $(DEMO_DRAW_SCALE) \
+		--output $(DEMO_OUTPUT)/predictions --confidence-threshold $(DEMO_MIN_SCORE) \
 		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \
 		:: visualize_attention.py --config-file $(DEMO_OUTPUT)/config.yaml \
 		--output $(DEMO_OUTPUT)/attention MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth \

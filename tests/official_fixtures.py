@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from sam_detr.checkpoint.official import convert_state_dict, detect_variant, load_official
 from sam_detr.config import get_sam_detr_cfg
+from sam_detr.utils.tf32 import apply_tf32_mode
 from torchvision.ops import box_convert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +43,10 @@ def fixture_model(stem: str, coco_classes: bool) -> Tuple[torch.nn.Module, Dict]
         "MODEL.PIXEL_STD", [1.0, 1.0, 1.0],
         "MODEL.WEIGHTS", "",
         "MODEL.DEVICE", "cpu",
+        "ALLOW_TF32", False,  # exact float32 (parity), were this run on a GPU
     ]  # fmt: skip
     cfg = get_sam_detr_cfg(str(REPO_ROOT / "configs" / variant.config_name), overrides)
+    apply_tf32_mode(cfg)
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
     return model, torch.load(FIXTURES / f"{stem}_io.pth")

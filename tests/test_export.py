@@ -98,9 +98,33 @@ def test_exported_model_computes_what_pytorch_computes(config, fmt, exported):
     np.testing.assert_allclose(outputs["pred_logits"], expected["pred_logits"][0], atol=TOLERANCE)
     np.testing.assert_allclose(outputs["pred_boxes"], expected["pred_boxes"][0], atol=TOLERANCE)
     assert outputs["boxes"].shape == (reference.detections_per_image, 4)
+    check_boxes_as_the_predictor(outputs, reference, images(seed=1)[2])
     if fmt == "onnx":
         meta = {p.key: json.loads(p.value) for p in onnx.load(path).metadata_props}
         assert meta == {"input_format": "RGB"}
+
+
+def check_boxes_as_the_predictor(outputs, reference, image):
+    """The exported boxes lie inside the image, some on its border (the clipping is at work),
+    and equal the boxes of the ordinary inference path (clipped by detector_postprocess) at
+    every rank whose score does not tie with a neighbour's."""
+    height, width = image.shape[-2:]
+    boxes = outputs["boxes"]
+    assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all()
+    assert (boxes[:, 1::2] <= height).all()
+    assert (
+        (boxes[:, :2] == 0).any() or (boxes[:, 2] == width).any() or (boxes[:, 3] == height).any()
+    )
+    with torch.no_grad():
+        predicted = reference.inference([{"image": image}])[0]["instances"]
+    assert len(predicted) == len(boxes)  # SCORE_THRESH_TEST 0, no box empty
+    gaps = np.abs(np.diff(predicted.scores.numpy())) > TOLERANCE
+    untied = np.concatenate([gaps, [True]]) & np.concatenate([[True], gaps])
+    np.testing.assert_allclose(
+        boxes[untied],
+        predicted.pred_boxes.tensor.numpy()[untied],
+        atol=TOLERANCE * max(height, width),
+    )
 
 
 def test_verification_fails_on_a_wrong_model(exported):

@@ -1,8 +1,8 @@
 """Guard of the model's outside: for every config in ``configs/`` and every variant of the
 convergence study, the state-dict keys with their shapes (hashed per module) and a hash of the
-seeded initialisation equal the golden file ``tests/golden/state_dicts.json``. Checkpoints, converted
-official weights and the demo's numbers depend on both, so code moves and refactors must
-leave them identical.
+seeded initialisation equal the golden file ``tests/golden/state_dicts.json``. Checkpoints,
+converted official weights and the demo's numbers depend on both, so code moves and refactors
+must leave them identical.
 
 The golden file is written only when an issue says that parameters change, with
 ``python tests/test_state_dict_golden.py --write`` (it records what the current code builds).

@@ -1,10 +1,13 @@
 """The study tools on the tiny config, as real processes and files: ``convergence_study.py``
-trains two variants with train_net.py, writes curves.csv / curves.png / table.md, skips
-finished variants and continues an interrupted one with ``--resume``; ``visualize_attention.py``
+trains two variants with two seeds with train_net.py, writes curves.csv / curves_summary.csv /
+curves.png / table.md, skips finished runs and continues an interrupted one with ``--resume``;
+its mean, spread, comparisons and "baseline reaches" sentence on hand-written metrics of known
+AP; its ``--long-view`` preset; ``visualize_attention.py``
 draws SAM's and the baseline's attention; ``plot_losses.py`` plots metrics.json;
 ``run_tools.py`` chains tools in one process (as ``make demo`` does)."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from train_net_helpers import REPO, TINY_CONFIG, env, load_tool
 
 study = load_tool("convergence_study")
 VARIANTS = ["detr_baseline", "sp8_rw"]
+SEEDS = [0, 1]
 ITERS, EVAL_PERIOD = 2, 1
 TINY_DATA = [
     "DATASETS.TRAIN", "('sam_detr_synthetic_tiny_train',)",
@@ -27,6 +31,7 @@ def run_study(output_dir, cache):
     cmd = [sys.executable, os.path.join(REPO, "tools", "convergence_study.py")]
     cmd += ["--config-file", TINY_CONFIG, "--output-dir", str(output_dir)]
     cmd += ["--variants", ",".join(VARIANTS), "--iters", str(ITERS)]
+    cmd += ["--seeds", ",".join(map(str, SEEDS))]
     cmd += ["--eval-period", str(EVAL_PERIOD), *TINY_DATA]
     e = env()
     e["SAM_DETR_DATASETS"] = str(cache)
@@ -43,43 +48,214 @@ def study_dir(module_tmp_dir):
     return out, root / "data", first
 
 
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_study_writes_curves_table_and_plot(study_dir):
     out, _, stdout = study_dir
     for name in VARIANTS:
-        assert f"[study] {name} (started)" in stdout
-        command = (out / name / study.COMMAND_FILE).read_text()
-        assert "train_net.py" in command and f"OUTPUT_DIR {out / name}" in command
-    with open(out / "curves.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["variant"], int(r["iteration"])) for r in rows] == [
-        (name, i) for name in VARIANTS for i in (1, 2)
+        for seed in SEEDS:
+            assert f"[study] {name}/seed{seed} (started)" in stdout
+            command = (out / name / f"seed{seed}" / study.COMMAND_FILE).read_text()
+            assert (
+                "train_net.py" in command and f"OUTPUT_DIR {out / name / f'seed{seed}'}" in command
+            )
+            assert f" SEED {seed} " in command
+    rows = read_rows(out / "curves.csv")
+    assert [(r["variant"], int(r["seed"]), int(r["iteration"])) for r in rows] == [
+        (name, seed, i) for name in VARIANTS for seed in SEEDS for i in (1, 2)
     ]
     assert all(0 <= float(r["AP50"]) <= 100 for r in rows)
+    # The summary is the mean, min and max over the seeds of curves.csv's rows.
+    summary = read_rows(out / study.SUMMARY_CSV)
+    assert [(r["variant"], int(r["iteration"]), r["seeds"]) for r in summary] == [
+        (name, i, "2") for name in VARIANTS for i in (1, 2)
+    ]
+    for r in summary:
+        ap50 = [
+            float(c["AP50"])
+            for c in rows
+            if (c["variant"], c["iteration"]) == (r["variant"], r["iteration"])
+        ]
+        assert float(r["AP50_mean"]) == pytest.approx(sum(ap50) / 2, abs=0.011)
+        assert (float(r["AP50_min"]), float(r["AP50_max"])) == (min(ap50), max(ap50))
     table = (out / "table.md").read_text()
-    assert (
-        "| DETR baseline (no SAM) (`detr_baseline`) | 2 |" in table
-        and "| 33.1 | 54.2 | 33.7 |" in table
-    )
+    assert "mean ± half the min-max range" in table
+    assert "| DETR baseline (no SAM) (`detr_baseline`) | 2 of 2 | 2 |" in table
+    assert "| 33.1 | 54.2 | 33.7 |" in table
+    assert "| SAM-DETR vs DETR baseline (Table 2, Fig. 1) | `sp8_rw` | `detr_baseline` |" in table
+    assert "`sp8_rw` has no evaluation at 1,200" in table  # the tiny study stops at 2
     image = cv2.imread(str(out / "curves.png"))
     assert image is not None and image.shape[0] > 100
 
 
-def test_study_skips_finished_and_resumes_interrupted_variants(study_dir):
+def test_study_skips_finished_and_resumes_interrupted_runs(study_dir):
     out, cache, _ = study_dir
     before = (out / "curves.csv").read_text()
-    # sp8_rw "interrupted" after its last checkpoint: no finished marker.
-    os.remove(out / "sp8_rw" / study.FINISHED)
+    # sp8_rw's second seed "interrupted" after its last checkpoint: no finished marker.
+    os.remove(out / "sp8_rw" / "seed1" / study.FINISHED)
     again = run_study(out, cache)
-    assert "[study] detr_baseline: finished earlier, kept" in again
-    assert "[study] sp8_rw (resumed)" in again and "--resume" in again
-    assert (out / "sp8_rw" / study.FINISHED).is_file()
+    for run in ("detr_baseline/seed0", "sp8_rw/seed0", "detr_baseline/seed1"):
+        assert f"[study] {run}: finished earlier, kept" in again
+    assert "[study] sp8_rw/seed1 (resumed)" in again and "--resume" in again
+    assert again.count("(started)") == 0 and again.count("(resumed)") == 1
+    assert (out / "sp8_rw" / "seed1" / study.FINISHED).is_file()
     assert (out / "curves.csv").read_text() == before  # resumed at the end: same results
-    # A finished variant is not mixed with results of other settings.
+    # A finished run is not mixed with results of other settings.
     cmd = [sys.executable, os.path.join(REPO, "tools", "convergence_study.py")]
     cmd += ["--config-file", TINY_CONFIG, "--output-dir", str(out), "--variants", "sp8_rw"]
-    cmd += ["--iters", str(ITERS), "--eval-period", str(EVAL_PERIOD), "--seed", "1", *TINY_DATA]
-    done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+    cmd += ["--iters", str(ITERS + 1), "--eval-period", str(EVAL_PERIOD), "--seed", "1"]
+    done = subprocess.run(
+        cmd + TINY_DATA, cwd=REPO, env=env(), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1 and "was trained with other settings" in done.stderr
+
+
+# Hand-written evaluations (iteration: AP50 per seed 0, 1, 2; AP and AP75 derived from it).
+KNOWN_AP50 = {
+    "detr_baseline": {600: (0.4, 1.2, 2.0), 1200: (1.0, 2.0, 3.0)},
+    "sp8_rw": {600: (4.0, 5.0, 9.0), 1200: (10.0, 14.0, 18.0)},
+    "smca": {600: (8.0, 12.0, 13.0), 1200: (15.0, 30.0, 33.0)},
+}
+
+
+def write_known_study(root, curves=KNOWN_AP50):
+    """``root/<variant>/seed<k>/metrics.json`` as Detectron2 writes them (a training record,
+    then an evaluation at the index of the period's last iteration), AP = AP50 / 2 and
+    AP75 = AP50 / 4."""
+    for name, points in curves.items():
+        for seed in range(3):
+            folder = root / name / f"seed{seed}"
+            folder.mkdir(parents=True)
+            with open(folder / "metrics.json", "w") as f:
+                for iteration, ap50 in sorted(points.items()):
+                    value = ap50[seed]
+                    f.write(json.dumps({"iteration": iteration - 2, "total_loss": 1.0}) + "\n")
+                    record = {"bbox/AP": value / 2, "bbox/AP50": value, "bbox/AP75": value / 4}
+                    f.write(json.dumps({"iteration": iteration - 1, **record}) + "\n")
+
+
+def known_args(root, *extra):
+    argv = ["--output-dir", str(root), "--variants", ",".join(KNOWN_AP50), "--report-only"]
+    return study.parse_args(argv + ["--iters", "1200", "--eval-period", "600", *extra])
+
+
+def test_table_gives_mean_and_spread_over_seeds_of_known_runs(tmp_path):
+    write_known_study(tmp_path)
+    table = study.main(known_args(tmp_path))
+    assert "Seeds 0, 1, 2; ours: mean ± half the min-max range over the seeds." in table
+    row = "| DETR baseline (no SAM) (`detr_baseline`) | 3 of 3 | 1200 | 1.0 ± 0.5 | 2.0 ± 1.0 | "
+    assert row + "0.5 ± 0.2 | 22.3 | 39.5 | 22.2 |" in table  # AP75: 0.25-0.75
+    assert (
+        "| SAM, SP x8 + RW (SAM-DETR) (`sp8_rw`) | 3 of 3 | 1200 | 7.0 ± 2.0 | 14.0 ± 4.0 |"
+        in table
+    )
+    assert "| SAM-DETR + SMCA (`smca`) | 3 of 3 | 1200 | 13.0 ± 4.5 | 26.0 ± 9.0 |" in table
+    # SAM-DETR's range (10-18 AP50) lies above the baseline's (1-3): resolved, as in the paper
+    # (33.1 - 22.3 AP); SMCA's (15-33) overlaps SAM-DETR's: not resolved.
+    lines = {line.split(" | ")[0]: line for line in table.splitlines()}
+    pair = lines["| SAM-DETR vs DETR baseline (Table 2, Fig. 1)"]
+    assert (
+        "| +10.8 | +6.0 | `sp8_rw` ahead (as in the paper) | +14.7 | +12.0 | `sp8_rw` ahead" in pair
+    )
+    smca = lines["| + SMCA vs SAM-DETR (Table 1)"]
+    assert smca.endswith("| +2.9 | +6.0 | not resolved | - | +12.0 | not resolved |")
+    assert not any("Table 3" in line for line in lines)  # image_range is not in this study
+    assert "does not reach the AP50 of `sp8_rw` at iteration 1,200 (14.0, mean over" in table
+    # curves.csv keeps every run; read back, it gives the same summary.
+    rows = read_rows(tmp_path / "curves.csv")
+    assert len(rows) == 3 * 3 * 2 and {r["seed"] for r in rows} == {"0", "1", "2"}
+    runs = study.read_csv(str(tmp_path / "curves.csv"))
+    assert runs["sp8_rw"][2] == [
+        (600, {"AP": 4.5, "AP50": 9.0, "AP75": 2.25}),
+        (1200, {"AP": 9.0, "AP50": 18.0, "AP75": 4.5}),
+    ]
+    assert study.summarize(runs) == study.summarize(study.collect(known_args(tmp_path)))
+
+
+def test_plot_draws_the_mean_with_a_min_max_band(tmp_path):
+    write_known_study(tmp_path)
+    study.main(known_args(tmp_path))
+    summary = {
+        (r["variant"], int(r["iteration"])): r for r in read_rows(tmp_path / study.SUMMARY_CSV)
+    }
+    assert len(summary) == 3 * 2
+    smca = summary["smca", 600]
+    assert smca["seeds"] == "3" and smca["label"] == "SAM-DETR + SMCA"
+    assert (smca["AP50_mean"], smca["AP50_min"], smca["AP50_max"]) == ("11.00", "8.00", "13.00")
+    assert (smca["AP_mean"], smca["AP_min"], smca["AP_max"]) == ("5.50", "4.00", "6.50")
+    # What the plot function drew is what curves_summary.csv holds.
+    runs = study.read_csv(str(tmp_path / "curves.csv"))
+    drawn = study.plot(study.summarize(runs), str(tmp_path / "p.png"), "known")
+    assert set(drawn) == set(KNOWN_AP50) and set(drawn["smca"]) == set(study.PLOTTED)
+    for name, by_metric in drawn.items():
+        for metric, data in by_metric.items():
+            assert data["iteration"] == [600, 1200]
+            for i, iteration in enumerate(data["iteration"]):
+                row = summary[name, iteration]
+                for stat in ("mean", "min", "max"):
+                    assert data[stat][i] == pytest.approx(float(row[f"{metric}_{stat}"]), abs=0.005)
+    assert drawn["detr_baseline"]["AP50"]["min"] == [0.4, 1.0]
+    assert drawn["detr_baseline"]["AP50"]["max"] == [2.0, 3.0]
+    assert cv2.imread(str(tmp_path / "p.png")) is not None
+    # A seed missing at one iteration: the band there is over the seeds that have it.
+    partial = {name: dict(by_seed) for name, by_seed in runs.items()}
+    partial["sp8_rw"][1] = partial["sp8_rw"][1][:1]
+    at_end = dict(study.summarize(partial)["sp8_rw"])[1200]["AP50"]
+    assert (at_end.mean, at_end.low, at_end.high, at_end.n) == (14.0, 10.0, 18.0, 2)
+
+
+def test_reach_sentence_says_when_the_baseline_reaches_sam_detr(tmp_path):
+    long_view = {
+        "detr_baseline": {1200: (1.0, 2.0, 3.0), 2400: (5.0, 9.0, 13.0), 3600: (12.0, 16.0, 17.0)},
+        "sp8_rw": {1200: (10.0, 14.0, 18.0), 2400: (30.0, 31.0, 32.0), 3600: (40.0, 41.0, 45.0)},
+    }  # fmt: skip
+    write_known_study(tmp_path, long_view)
+    args = study.parse_args(
+        ["--output-dir", str(tmp_path), "--variants", "detr_baseline,sp8_rw", "--report-only"]
+        + ["--iters", "3600", "--eval-period", "1200"]
+    )
+    table = study.main(args)
+    summary = study.summarize(study.read_csv(str(tmp_path / "curves.csv")))
+    # SAM-DETR's mean AP50 at 1,200 is 14.0; the baseline's means are 2.0, 9.0, 15.0.
+    assert study.iterations_to_reach(summary, "detr_baseline", "sp8_rw", 1200) == (14.0, 3600)
+    assert study.iterations_to_reach(summary, "detr_baseline", "sp8_rw", 2400) == (31.0, None)
+    assert study.iterations_to_reach(summary, "detr_baseline", "sp8_rw", 1000) == (None, None)
+    sentence = (
+        "The DETR baseline (no SAM) (`detr_baseline`) reaches the AP50 of `sp8_rw` at iteration "
+        "1,200 (14.0, mean over the seeds) at iteration 3,600"
+    )
+    assert sentence in table and study.reach_sentence(summary, 1200).startswith(sentence)
+    assert study.reach_sentence(summary, 2400) == (
+        "The DETR baseline (no SAM) (`detr_baseline`) does not reach the AP50 of `sp8_rw` at "
+        "iteration 2,400 (31.0, mean over the seeds) within its 3,600 evaluated iterations "
+        "(its best mean AP50: 15.0, at iteration 3,600)."
+    )
+    assert "has no evaluation at 1,000" in study.reach_sentence(summary, 1000)
+    assert study.reach_sentence({"sp8_rw": summary["sp8_rw"]}, 1200) is None
+
+
+def test_seeds_and_long_view_options():
+    default = study.parse_args([])
+    assert default.seeds == [0, 1, 2] and default.iters == study.DEFAULT_ITERS
+    assert default.variants == [name for name in study.VARIANTS if name != "multiscale"]
+    assert default.output_dir == os.path.abspath(study.DEFAULT_OUTPUT)
+    assert study.parse_args(["--seed", "1"]).seeds == [1]
+    assert study.parse_args(["--seeds", "3,5"]).seeds == [3, 5]
+    long = study.parse_args(["--long-view"])
+    assert long.variants == ["detr_baseline", "sp8_rw", "smca"]
+    assert (long.iters, long.eval_period, long.seeds) == (6000, 500, [0, 1, 2])
+    assert long.output_dir == os.path.abspath(study.LONG_VIEW_OUTPUT)
+    longer = study.parse_args(["--long-view", "--iters", "9000", "--variants", "detr_baseline"])
+    assert (longer.iters, longer.eval_period, longer.variants) == (9000, 500, ["detr_baseline"])
+    for bad in (["--seeds", "0,0"], ["--seeds", "a"], ["--seeds", ","]):
+        with pytest.raises(SystemExit):
+            study.parse_args(bad)
+    cmd = study.train_command(long, "smca", 2, resume=False)
+    assert cmd[cmd.index("SEED") + 1] == "2"
+    assert cmd[cmd.index("OUTPUT_DIR") + 1] == os.path.join(long.output_dir, "smca", "seed2")
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -88,9 +264,9 @@ def test_visualize_attention_draws_each_detection(study_dir, name, tmp_path, mon
     monkeypatch.setenv("SAM_DETR_DATASETS", str(cache))
     tool = load_tool("visualize_attention")
     args = tool.parse_args(
-        ["--config-file", str(out / name / "config.yaml"), "--output", str(tmp_path)]
+        ["--config-file", str(out / name / "seed0" / "config.yaml"), "--output", str(tmp_path)]
         + ["--num-images", "2", "--detections", "2", "--layer", "0"]
-        + ["MODEL.WEIGHTS", str(out / name / "model_final.pth")]
+        + ["MODEL.WEIGHTS", str(out / name / "seed0" / "model_final.pth")]
     )
     written = tool.main(args)
     assert sorted(os.path.basename(p) for p in written) == sorted(os.listdir(tmp_path))
@@ -103,11 +279,10 @@ def test_visualize_attention_draws_each_detection(study_dir, name, tmp_path, mon
 def test_plot_losses_reads_metrics_json(study_dir, tmp_path):
     out, _, _ = study_dir
     tool = load_tool("plot_losses")
-    series = tool.read_series(str(out / "sp8_rw" / "metrics.json"), tool.LOSSES + tool.EVALUATION)
+    metrics = str(out / "sp8_rw" / "seed0" / "metrics.json")
+    series = tool.read_series(metrics, tool.LOSSES + tool.EVALUATION)
     assert set(series) >= {"total_loss", "loss_ce", "bbox/AP"}
-    png = tool.main(
-        tool.parse_args([str(out / "sp8_rw" / "metrics.json"), "--output", str(tmp_path / "l.png")])
-    )
+    png = tool.main(tool.parse_args([metrics, "--output", str(tmp_path / "l.png")]))
     assert cv2.imread(png) is not None
     broken = tmp_path / "metrics.json"
     broken.write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "tot')
@@ -124,7 +299,7 @@ def run_tools(*argv, datasets=None):
 
 def test_run_tools_chains_steps_and_stops_at_the_first_failure(study_dir, tmp_path):
     out, cache, _ = study_dir
-    run = out / "sp8_rw"
+    run = out / "sp8_rw" / "seed0"
     metrics, weights = run / "metrics.json", ["MODEL.WEIGHTS", run / "model_final.pth"]
     attention = tmp_path / "attention"
     done = run_tools(
@@ -158,7 +333,7 @@ def test_every_variant_is_valid_on_the_demo_config(name):
     from sam_detr.config import get_sam_detr_cfg, validate_sam_detr_config
 
     args = study.parse_args(["--variants", name])
-    cmd = study.train_command(args, name, resume=False)
+    cmd = study.train_command(args, name, 0, resume=False)
     overrides = cmd[cmd.index(study.DEMO_CONFIG) + 1 :]
     overrides = overrides[overrides.index("OUTPUT_DIR") :]
     cfg = get_sam_detr_cfg(study.DEMO_CONFIG, overrides)

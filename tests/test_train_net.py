@@ -13,6 +13,7 @@ from train_net_helpers import (
     KILLED_AFTER_FIRST_CHECKPOINT,
     SIGXFSZ_KILLS,
     TINY_CONFIG,
+    assert_same_final_checkpoint,
     hide_module,
     limit_file_size,
     make_tiny_datasets,
@@ -149,14 +150,4 @@ def test_kill_full_disk_and_resume_equal_an_uninterrupted_run(tiny_data, tmp_pat
     r = run_train_net(["--resume"] + args, timeout=RUN_TIMEOUT_S)
     assert r.returncode == 0, r.stdout[-4000:]
     assert f"Resuming at iteration {killed_at + 1}" in r.stdout
-    ours = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
-    theirs = torch.load(os.path.join(reference, "model_final.pth"), weights_only=True)
-    assert ours["iteration"] == theirs["iteration"] == RESUMED_RUN_ITERS - 1
-    for k, v in theirs["model"].items():
-        assert torch.equal(ours["model"][k], v), k
-    moments = [s["trainer"]["_trainer"]["optimizer"]["state"] for s in (ours, theirs)]
-    for i, state in moments[1].items():
-        for k, v in state.items():
-            assert torch.equal(moments[0][i][k], v), (i, k)
-    schedules = [s["trainer"]["hooks"]["LRScheduler"] for s in (ours, theirs)]
-    assert schedules[0] == schedules[1]
+    assert_same_final_checkpoint(out, reference, RESUMED_RUN_ITERS - 1)

@@ -194,11 +194,16 @@ def test_float16_scaling_with_the_fused_optimizer_skips_overflowing_steps():
             clip_norm=cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE,
         )
         before = [p.detach().clone() for p in model.head.parameters()]
-        with EventStorage(0):
+        with EventStorage(0) as storage:
             step.run_step()
         unchanged = all(torch.equal(a, b) for a, b in zip(before, model.head.parameters()))
         assert unchanged == overflows and step.skipped_steps == 0
         assert precision.scaler.get_scale() == (init_scale / 2 if overflows else init_scale)
+        # Overflows are counted apart, and the scale the step used is logged.
+        assert precision.overflow_skips == int(overflows)
+        assert storage.history("fp16_overflow_skips").latest() == int(overflows)
+        assert storage.history("loss_scale").latest() == init_scale
+        assert step.state_dict()["overflow_skips"] == int(overflows)
 
 
 def test_precision_choice(monkeypatch):

@@ -197,3 +197,23 @@ def tiny_cfg(*overrides: str):
     cfg.merge_from_file(TINY_CONFIG)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu"] + list(overrides))
     return cfg
+
+
+def assert_same_final_checkpoint(out: str, reference: str, last_iteration: int) -> None:
+    """``model_final.pth`` of ``out`` equals ``reference``'s bitwise: weights, optimizer moments,
+    LR schedule, at ``last_iteration`` (loaded as ``torch.load(weights_only=True)`` loads)."""
+    import torch
+
+    ours, theirs = (
+        torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
+        for folder in (out, reference)
+    )
+    assert ours["iteration"] == theirs["iteration"] == last_iteration
+    for k, v in theirs["model"].items():
+        assert torch.equal(ours["model"][k], v), k
+    moments = [s["trainer"]["_trainer"]["optimizer"]["state"] for s in (ours, theirs)]
+    for i, state in moments[1].items():
+        for k, v in state.items():
+            assert torch.equal(moments[0][i][k], v), (i, k)
+    schedules = [s["trainer"]["hooks"]["LRScheduler"] for s in (ours, theirs)]
+    assert schedules[0] == schedules[1]

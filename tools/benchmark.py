@@ -22,8 +22,15 @@ with ``--profile``, the operators that took the most time in one more iteration.
 import argparse
 import resource
 import statistics
+import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+# Detectron2 v0.6 and fvcore call torch.jit.script, which torch deprecates, when imported:
+# that one warning is hidden (unless -W or PYTHONWARNINGS say otherwise).
+if not sys.warnoptions:
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import torch
 from detectron2.config import CfgNode
@@ -34,6 +41,7 @@ from sam_detr.config import get_sam_detr_cfg
 from sam_detr.deploy.batchnorm_folding import prepare_for_inference
 from sam_detr.engine.precision import Precision, build_precision
 from sam_detr.utils.denormals import apply_denormal_mode
+from sam_detr.utils.tf32 import apply_tf32_mode
 
 # Objects per random training image, and their side as a fraction of the image (min, max).
 OBJECTS_PER_IMAGE = 8
@@ -100,6 +108,7 @@ def build_iteration(
     overrides = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device] + list(args.opts)
     cfg = get_sam_detr_cfg(args.config_file, overrides)
     apply_denormal_mode(cfg)
+    apply_tf32_mode(cfg)  # float32 as training runs it (ALLOW_TF32)
     torch.manual_seed(args.seed)
     model = build_model(cfg)
     height, width = (int(v) for v in args.image_size.lower().split("x"))

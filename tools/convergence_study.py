@@ -1,19 +1,26 @@
 #!/usr/bin/env python
-"""The paper's ablation study (Tables 2-3, Fig. 1) as a convergence study: train a list of
-variants with the same config, recipe, seed and iteration budget, each an ordinary
-``train_net.py`` run (its command is printed and saved beside its output), evaluate every
-``--eval-period`` iterations, and write ``curves.csv``, ``curves.png`` (AP50 and AP against
-iteration, one line per variant) and ``table.md`` (AP, AP50, AP75 at the end, beside the
-paper's COCO numbers).
+"""The paper's ablation study (Tables 2-3, Fig. 1) as a convergence study over several seeds.
+It trains a list of variants with the same config, recipe and iteration budget, once per seed,
+each an ordinary ``train_net.py`` run (its command is printed and saved beside its output in
+``<variant>/seed<k>/``), evaluates every ``--eval-period`` iterations, and writes ``curves.csv``
+(every run), ``curves_summary.csv`` (mean, min and max over the seeds per variant and
+iteration), ``curves.png`` (AP50 and AP against iteration: the mean over the seeds as a line,
+their min-max range as a band) and ``table.md`` (mean +- half the min-max range of AP, AP50
+and AP75 at the end, beside the paper's COCO numbers; which of the paper's comparisons exceed
+the seed spread; how many iterations the DETR baseline needs to reach SAM-DETR's AP50 at
+``--reach-at`` iterations).
 
-It resumes where it stopped: a finished variant (``study_finished.json``) is skipped, an
+It resumes where it stopped: a finished run (``study_finished.json``) is skipped, an
 interrupted one continues from its last checkpoint (``train_net.py --resume``, which
-continues bitwise-exactly). Defaults: the demo's model and data, every variant, a budget
-that fits in about 90 minutes on a 2-core CPU. On COCO with GPUs, e.g.::
+continues bitwise-exactly). Runs go one at a time (every variant with the first seed, then
+with the next), each on ``--num-gpus`` GPUs. Defaults: the demo's model and data, the
+paper's nine variants (every variant but ``multiscale``), seeds 0, 1 and 2. ``--long-view``
+trains the DETR baseline, SAM-DETR and SMCA for 6,000 iterations (``--iters`` to change),
+evaluated every 500, for the paper's Fig. 1. On COCO with GPUs, e.g.::
 
     python tools/convergence_study.py --config-file configs/sam_detr_R50.yaml \
         --output-dir output/study_coco --num-gpus 8 --iters 88716 --eval-period 7393 \
-        --variants detr_baseline,sp8_rw SOLVER.STEPS "(73930,)"
+        --variants detr_baseline,sp8_rw --seeds 0 SOLVER.STEPS "(73930,)"
 """
 
 import argparse
@@ -31,10 +38,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "sam_detr_R18_synthetic.yaml")
 DEFAULT_OUTPUT = os.path.join("output", "convergence_study")
-# 1,200 iterations of the demo (4 images each, 2.4 epochs), evaluated 4 times: 5-8 minutes per
-# variant on 2 CPU cores, 9 variants in 55-80 minutes (README).
+# 1,200 iterations of the demo (4 images each, 2.4 epochs), evaluated 4 times: 2.3-2.7 minutes
+# per variant on 2 CPU cores with the demo config of 2026-12-06 (issue 25; to be re-measured),
+# i.e. 9 variants x 3 seeds in 62-73 minutes.
 DEFAULT_ITERS = 1200
 DEFAULT_EVAL_PERIOD = 300
+DEFAULT_SEEDS = "0,1,2"
+# --long-view: the paper's Fig. 1 (AP50 against iteration) for the baseline, SAM-DETR and SMCA.
+# About 5x the default study's runs (roughly 12-14 minutes each, to be measured): 9 runs in
+# about 2 hours.
+LONG_VIEW_VARIANTS = ("detr_baseline", "sp8_rw", "smca")
+LONG_VIEW_ITERS = 6000
+LONG_VIEW_EVAL_PERIOD = 500
+LONG_VIEW_OUTPUT = os.path.join("output", "convergence_long_view")
+# "How many iterations does the baseline need to reach SAM-DETR's AP50 at 1,200?" (issue 25)
+REACH = ("detr_baseline", "sp8_rw", "AP50")
+DEFAULT_REACH_AT = 1200
+SUMMARY_CSV = "curves_summary.csv"
 FINISHED = "study_finished.json"
 COMMAND_FILE = "study_command.sh"
 METRICS = ("AP", "AP50", "AP75")
@@ -100,27 +120,116 @@ VARIANTS: Dict[str, Variant] = {
 }
 
 
+# The paper's Tables 1-3; `multiscale` (the official README, a comparison the miniature cannot
+# show: README) only when asked for.
+DEFAULT_VARIANTS = tuple(name for name in VARIANTS if name != "multiscale")
+# The comparisons the paper makes, (the one ahead in the paper, the other, what it compares):
+# each row of Table 2 against the one before it, and the paper's headline gaps.
+PAIRS = (
+    ("avg_pool", "detr_baseline", "SAM with average pooling vs no SAM (Table 2)"),
+    ("max_pool", "avg_pool", "max vs average pooling (Table 2)"),
+    ("sp1", "max_pool", "one salient point vs max pooling (Table 2)"),
+    ("sp1_rw", "sp1", "reweighting, one salient point (Table 2)"),
+    ("sp8", "sp1_rw", "eight salient points vs one + RW (Table 2)"),
+    ("sp8_rw", "sp8", "reweighting, eight salient points (Table 2)"),
+    ("sp8", "sp1", "eight vs one salient point, no RW (Table 2)"),
+    ("sp8_rw", "detr_baseline", "SAM-DETR vs DETR baseline (Table 2, Fig. 1)"),
+    ("sp8_rw", "image_range", "search within the box vs within the image (Table 3)"),
+    ("smca", "sp8_rw", "+ SMCA vs SAM-DETR (Table 1)"),
+    ("multiscale", "sp8_rw", "multi-scale vs single-scale (official README)"),
+)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One metric over the seeds of a variant at one iteration: mean, min, max, number of seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def half_range(self) -> float:
+        """The spread the table reports: half the min-max range."""
+        return (self.high - self.low) / 2
+
+
+# variant -> seed -> [(iteration, {metric: value})]
+Runs = Dict[str, Dict[int, List[Tuple[int, Dict[str, float]]]]]
+# variant -> [(iteration, {metric: Spread over the seeds evaluated at that iteration})]
+Summary = Dict[str, List[Tuple[int, Dict[str, Spread]]]]
+
+
+def _seeds(text: str) -> List[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"need distinct seeds, got {text!r}")
+    return seeds
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", default=DEMO_CONFIG, metavar="FILE")
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--output-dir", help=f"default: {DEFAULT_OUTPUT} ({LONG_VIEW_OUTPUT} with --long-view)"
+    )
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
         metavar="NAME,NAME",
-        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all)",
+        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all but multiscale; "
+        f"{','.join(LONG_VIEW_VARIANTS)} with --long-view)",
     )
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS)
-    parser.add_argument("--eval-period", type=int, default=DEFAULT_EVAL_PERIOD)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-gpus", type=int, default=1, help="per variant (train_net.py)")
+    parser.add_argument(
+        "--iters", type=int, help=f"default: {DEFAULT_ITERS} ({LONG_VIEW_ITERS} with --long-view)"
+    )
+    parser.add_argument(
+        "--eval-period",
+        type=int,
+        help=f"default: {DEFAULT_EVAL_PERIOD} ({LONG_VIEW_EVAL_PERIOD} with --long-view)",
+    )
+    parser.add_argument(
+        "--seeds",
+        "--seed",
+        type=_seeds,
+        default=_seeds(DEFAULT_SEEDS),
+        metavar="K,K",
+        help=f"one run of every variant per seed (default: {DEFAULT_SEEDS})",
+    )
+    parser.add_argument(
+        "--long-view",
+        action="store_true",
+        help="the paper's Fig. 1: the baseline, SAM-DETR and SMCA trained long "
+        f"({LONG_VIEW_ITERS} iterations, evaluated every {LONG_VIEW_EVAL_PERIOD}, by default)",
+    )
+    parser.add_argument(
+        "--reach-at",
+        type=int,
+        default=DEFAULT_REACH_AT,
+        metavar="ITER",
+        help="table.md says when the baseline reaches SAM-DETR's AP50 at this iteration",
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="per run (train_net.py)")
     parser.add_argument(
         "--report-only", action="store_true", help="write the curves and table, train nothing"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides for every variant")
     args = parser.parse_args(argv)
+    long = args.long_view
+    defaults = {
+        "output_dir": LONG_VIEW_OUTPUT if long else DEFAULT_OUTPUT,
+        "variants": ",".join(LONG_VIEW_VARIANTS if long else DEFAULT_VARIANTS),
+        "iters": LONG_VIEW_ITERS if long else DEFAULT_ITERS,
+        "eval_period": LONG_VIEW_EVAL_PERIOD if long else DEFAULT_EVAL_PERIOD,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.output_dir, args.config_file = map(os.path.abspath, (args.output_dir, args.config_file))
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -131,39 +240,46 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def train_command(args: argparse.Namespace, name: str, resume: bool) -> List[str]:
-    """The ``train_net.py`` command of one variant (evaluating every ``--eval-period``)."""
-    out = os.path.join(args.output_dir, name)
+def run_dir(output_dir: str, name: str, seed: int) -> str:
+    """The output folder of one run: ``<output_dir>/<variant>/seed<k>``."""
+    return os.path.join(output_dir, name, f"seed{seed}")
+
+
+def train_command(args: argparse.Namespace, name: str, seed: int, resume: bool) -> List[str]:
+    """The ``train_net.py`` command of one run (evaluating every ``--eval-period``)."""
+    out = run_dir(args.output_dir, name, seed)
     cmd = [sys.executable, TRAIN_NET, "--config-file", args.config_file]
     cmd += ["--num-gpus", str(args.num_gpus)] + (["--resume"] if resume else [])
-    cmd += ["OUTPUT_DIR", out, "SEED", str(args.seed), "SOLVER.MAX_ITER", str(args.iters)]
+    cmd += ["OUTPUT_DIR", out, "SEED", str(seed), "SOLVER.MAX_ITER", str(args.iters)]
     cmd += ["TEST.EVAL_PERIOD", str(args.eval_period)]
     cmd += ["SOLVER.CHECKPOINT_PERIOD", str(args.eval_period)]
     return cmd + list(COMMON_OVERRIDES) + list(VARIANTS[name].overrides) + list(args.opts)
 
 
 def _settings(command: Sequence[str]) -> List[str]:
-    """What determines a variant's results in its train_net.py command: the arguments after
-    the script, without ``--resume``."""
+    """What determines a run's results in its train_net.py command: the arguments after the
+    script, without ``--resume``."""
     return [c for c in command[2:] if c != "--resume"]
 
 
-def run_variant(args: argparse.Namespace, name: str) -> None:
-    """Train and evaluate one variant unless finished; continue an interrupted one."""
-    out = os.path.join(args.output_dir, name)
+def run_variant(args: argparse.Namespace, name: str, seed: int) -> None:
+    """Train and evaluate one variant with one seed unless finished; continue an interrupted
+    run."""
+    out = run_dir(args.output_dir, name, seed)
+    run = f"{name}/seed{seed}"
     finished = os.path.join(out, FINISHED)
     if os.path.isfile(finished):
         with open(finished) as f:
             earlier = json.load(f)["command"]
-        if _settings(earlier) != _settings(train_command(args, name, resume=False)):
+        if _settings(earlier) != _settings(train_command(args, name, seed, resume=False)):
             raise SystemExit(
-                f"[study] {name} in {out} was trained with other settings: "
+                f"[study] {run} in {out} was trained with other settings: "
                 f"{shlex.join(_settings(earlier))}. Use another --output-dir, or delete {out}."
             )
-        print(f"[study] {name}: finished earlier, kept", flush=True)
+        print(f"[study] {run}: finished earlier, kept", flush=True)
         return
     resume = os.path.isfile(os.path.join(out, "last_checkpoint"))
-    cmd = train_command(args, name, resume)
+    cmd = train_command(args, name, seed, resume)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ)
     project = os.path.join(REPO, "projects", "SAMDETR")
@@ -171,19 +287,19 @@ def run_variant(args: argparse.Namespace, name: str) -> None:
     shown = " ".join(shlex.quote(c) for c in cmd)
     with open(os.path.join(out, COMMAND_FILE), "w") as f:
         f.write(f"PYTHONPATH=projects/SAMDETR {shown}\n")
-    print(f"[study] {name} ({'resumed' if resume else 'started'}): {shown}", flush=True)
+    print(f"[study] {run} ({'resumed' if resume else 'started'}): {shown}", flush=True)
     start = time.monotonic()
     with open(os.path.join(out, "study_train.log"), "a") as log:
         code = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if code:
         raise SystemExit(
-            f"[study] {name}: train_net.py exited with {code}; see {out}/study_train.log. Run "
+            f"[study] {run}: train_net.py exited with {code}; see {out}/study_train.log. Run "
             "the study again to continue from its last checkpoint."
         )
     seconds = time.monotonic() - start
     with open(os.path.join(out, FINISHED), "w") as f:
         json.dump({"command": cmd, "seconds_last_run": round(seconds, 1)}, f, indent=1)
-    print(f"[study] {name}: done in {seconds / 60:.1f} min", flush=True)
+    print(f"[study] {run}: done in {seconds / 60:.1f} min", flush=True)
 
 
 def read_curve(metrics_json: str, iters: int, eval_period: int) -> List[Tuple[int, Dict]]:
@@ -202,91 +318,279 @@ def read_curve(metrics_json: str, iters: int, eval_period: int) -> List[Tuple[in
     return sorted(points.items())
 
 
-def collect(args: argparse.Namespace) -> Dict[str, List]:
-    """The curves of the variants that have been evaluated at least once."""
-    curves = {}
+def collect(args: argparse.Namespace) -> Runs:
+    """The curves of the runs that have been evaluated at least once."""
+    runs: Runs = {}
     for name in args.variants:
-        path = os.path.join(args.output_dir, name, "metrics.json")
-        curve = read_curve(path, args.iters, args.eval_period) if os.path.isfile(path) else []
-        if curve:
-            curves[name] = curve
-    return curves
+        for seed in args.seeds:
+            path = os.path.join(run_dir(args.output_dir, name, seed), "metrics.json")
+            curve = read_curve(path, args.iters, args.eval_period) if os.path.isfile(path) else []
+            if curve:
+                runs.setdefault(name, {})[seed] = curve
+    return runs
 
 
-def write_csv(curves: Dict[str, List], path: str) -> None:
+def write_csv(runs: Runs, path: str) -> None:
+    """``curves.csv``: one row per run and evaluation."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "label", "iteration", *METRICS])
-        for name, curve in curves.items():
+        writer.writerow(["variant", "label", "seed", "iteration", *METRICS])
+        for name, by_seed in runs.items():
+            for seed, curve in by_seed.items():
+                for iteration, values in curve:
+                    row = [f"{values[m]:.2f}" for m in METRICS]
+                    writer.writerow([name, VARIANTS[name].label, seed, iteration, *row])
+
+
+def read_csv(path: str) -> Runs:
+    """The runs of a ``curves.csv`` (as :func:`write_csv` writes it)."""
+    runs: Runs = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            curve = runs.setdefault(row["variant"], {}).setdefault(int(row["seed"]), [])
+            curve.append((int(row["iteration"]), {m: float(row[m]) for m in METRICS}))
+    return runs
+
+
+def summarize(runs: Runs) -> Summary:
+    """Mean, min and max over the seeds of each variant at each iteration that at least one
+    of its runs evaluated (``n``: how many did)."""
+    summary: Summary = {}
+    for name, by_seed in runs.items():
+        at: Dict[int, List[Dict[str, float]]] = {}
+        for curve in by_seed.values():
             for iteration, values in curve:
-                row = [f"{values[m]:.2f}" for m in METRICS]
-                writer.writerow([name, VARIANTS[name].label, iteration, *row])
+                at.setdefault(iteration, []).append(values)
+        summary[name] = [
+            (
+                iteration,
+                {
+                    m: Spread(
+                        mean=sum(v[m] for v in values) / len(values),
+                        low=min(v[m] for v in values),
+                        high=max(v[m] for v in values),
+                        n=len(values),
+                    )
+                    for m in METRICS
+                },
+            )
+            for iteration, values in sorted(at.items())
+        ]
+    return summary
+
+
+def write_summary_csv(summary: Summary, path: str) -> None:
+    """``curves_summary.csv``: what the plot draws, per variant and iteration: the number of
+    seeds, and the mean, min and max of each metric over them."""
+    stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "min", "max")]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "label", "iteration", "seeds", *stats])
+        for name, points in summary.items():
+            for iteration, spreads in points:
+                row = [f"{x:.2f}" for m in METRICS for x in _stats(spreads[m])]
+                n = spreads[METRICS[0]].n
+                writer.writerow([name, VARIANTS[name].label, iteration, n, *row])
+
+
+def _stats(spread: Spread) -> Tuple[float, float, float]:
+    return spread.mean, spread.low, spread.high
 
 
 def _paper(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def write_table(curves: Dict[str, List], path: str, iters: int) -> str:
-    """Markdown table of the last evaluation of each variant, beside the paper's numbers."""
+def _signed(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def resolved(a: Spread, b: Spread) -> Optional[bool]:
+    """Whether ``a`` and ``b`` differ beyond the seed spread: True when ``a``'s min-max range
+    lies wholly above ``b``'s, False when wholly below, None (not resolved) when the ranges
+    overlap or either has fewer than two seeds."""
+    if a.n < 2 or b.n < 2:
+        return None
+    if a.low > b.high:
+        return True
+    if a.high < b.low:
+        return False
+    return None
+
+
+def _verdict(ahead: Optional[bool], paper: Optional[float], first: str, second: str) -> str:
+    if ahead is None:
+        return "not resolved"
+    text = f"`{first if ahead else second}` ahead"
+    if paper is None or paper == 0:
+        return text
+    return text + (" (as in the paper)" if (paper > 0) == ahead else " (paper: the other way)")
+
+
+def comparison_lines(summary: Summary) -> List[str]:
+    """A markdown table, one row per comparison the paper makes (:data:`PAIRS`) between two
+    variants of the study, at their last evaluations: the paper's difference, ours (of the
+    means), and whether ours exceeds the seed spread."""
     lines = [
-        "| variant | iteration | AP | AP50 | AP75 | paper AP | paper AP50 | paper AP75 |",
-        "|---|---|---|---|---|---|---|---|",
+        "Differences at the end (first minus second; ours: of the means). Resolved: the two "
+        "min-max ranges over the seeds do not overlap; otherwise not resolved.",
+        "",
+        "| comparison | first | second | paper AP | ours AP | AP: beyond the spread? "
+        "| paper AP50 | ours AP50 | AP50: beyond the spread? |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, curve in curves.items():
-        iteration, values = curve[-1]
-        ours = " | ".join(f"{values[m]:.1f}" for m in METRICS)
+    for first, second, what in PAIRS:
+        if first not in summary or second not in summary:
+            continue
+        a, b = summary[first][-1][1], summary[second][-1][1]
+        cells = []
+        for index, m in enumerate(("AP", "AP50")):
+            pa, pb = VARIANTS[first].paper[index], VARIANTS[second].paper[index]
+            paper = None if pa is None or pb is None else pa - pb
+            cells.append(_signed(paper))
+            cells.append(_signed(a[m].mean - b[m].mean))
+            cells.append(_verdict(resolved(a[m], b[m]), paper, first, second))
+        lines.append(f"| {what} | `{first}` | `{second}` | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 4 else []
+
+
+def iterations_to_reach(
+    summary: Summary, variant: str, reference: str, at: int, metric: str = "AP50"
+) -> Tuple[Optional[float], Optional[int]]:
+    """``(target, iteration)``: ``target`` is the mean ``metric`` of ``reference`` at iteration
+    ``at`` (None if it has no evaluation there); ``iteration`` the first evaluated iteration at
+    which the mean of ``variant`` reaches it (None if it does not, or cannot be told)."""
+    target = {i: s[metric].mean for i, s in summary.get(reference, [])}.get(at)
+    if target is None:
+        return None, None
+    for iteration, spreads in summary.get(variant, []):
+        if spreads[metric].mean >= target:
+            return target, iteration
+    return target, None
+
+
+def reach_sentence(summary: Summary, at: int) -> Optional[str]:
+    """How many iterations the DETR baseline needs to reach SAM-DETR's AP50 (means over the
+    seeds) at iteration ``at``, if it does; None without both variants in the study."""
+    variant, reference, metric = REACH
+    if variant not in summary or reference not in summary:
+        return None
+    target, iteration = iterations_to_reach(summary, variant, reference, at, metric)
+    who, whom = f"The {VARIANTS[variant].label} (`{variant}`)", f"`{reference}`"
+    if target is None:
+        return f"{who}: cannot tell when it reaches {whom}: {whom} has no evaluation at {at:,}."
+    goal = f"the {metric} of {whom} at iteration {at:,} ({target:.1f}, mean over the seeds)"
+    if iteration is not None:
+        return (
+            f"{who} reaches {goal} at iteration {iteration:,} "
+            "(its first evaluation with a mean at or above it)."
+        )
+    best, spreads = max(summary[variant], key=lambda p: p[1][metric].mean)
+    end = summary[variant][-1][0]
+    return (
+        f"{who} does not reach {goal} within its {end:,} evaluated iterations "
+        f"(its best mean {metric}: {spreads[metric].mean:.1f}, at iteration {best:,})."
+    )
+
+
+def write_table(
+    summary: Summary, path: str, iters: int, seeds: Sequence[int], reach_at: int
+) -> str:
+    """``table.md``: the last evaluation of each variant (mean +- half the min-max range over
+    the seeds), beside the paper's numbers; the paper's comparisons; the reach sentence."""
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}; ours: mean ± half the min-max range over the "
+        "seeds.",
+        "",
+        "| variant | seeds | iteration | AP | AP50 | AP75 | paper AP | paper AP50 | paper AP75 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, points in summary.items():
+        iteration, spreads = points[-1]
+        ours = " | ".join(f"{spreads[m].mean:.1f} ± {spreads[m].half_range:.1f}" for m in METRICS)
         paper = " | ".join(_paper(v) for v in VARIANTS[name].paper)
         note = "" if iteration == iters else " (unfinished)"
+        n = spreads[METRICS[0]].n
         label = f"{VARIANTS[name].label} (`{name}`)"
-        lines.append(f"| {label} | {iteration}{note} | {ours} | {paper} |")
+        lines.append(f"| {label} | {n} of {len(seeds)} | {iteration}{note} | {ours} | {paper} |")
+    pairs = comparison_lines(summary)
+    if pairs:
+        lines += [""] + pairs
+    sentence = reach_sentence(summary, reach_at)
+    if sentence:
+        lines += ["", sentence]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
         f.write(text)
     return text
 
 
-def plot(curves: Dict[str, List], path: str, title: str) -> None:
-    """AP50 and AP against iteration, one line per variant (the paper's Fig. 1)."""
+def plot(summary: Summary, path: str, title: str) -> Dict[str, Dict[str, Dict[str, List]]]:
+    """AP50 and AP against iteration (the paper's Fig. 1): per variant the mean over the seeds
+    as a line and their min-max range as a band. Returns what it drew:
+    ``{variant: {metric: {"iteration", "mean", "min", "max": [...]}}}``."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    drawn: Dict[str, Dict[str, Dict[str, List]]] = {}
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=PLOT_SIZE_INCHES)
     for ax, metric in zip(axes, PLOTTED):
-        for name, curve in curves.items():
-            iterations = [i for i, _ in curve]
-            ax.plot(iterations, [v[metric] for _, v in curve], marker="o", label=name)
+        for name, points in summary.items():
+            data = {
+                "iteration": [i for i, _ in points],
+                "mean": [s[metric].mean for _, s in points],
+                "min": [s[metric].low for _, s in points],
+                "max": [s[metric].high for _, s in points],
+            }
+            drawn.setdefault(name, {})[metric] = data
+            (line,) = ax.plot(data["iteration"], data["mean"], marker="o", label=name)
+            ax.fill_between(
+                data["iteration"], data["min"], data["max"], color=line.get_color(), alpha=0.2
+            )
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    axes[0].legend(fontsize="small", title="line: mean; band: min-max", title_fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
+    return drawn
 
 
 def report(args: argparse.Namespace) -> str:
-    """Write curves.csv, curves.png and table.md from the variants' metrics; return the table."""
-    curves = collect(args)
-    if not curves:
+    """Write curves.csv, curves_summary.csv, curves.png and table.md from the runs' metrics;
+    return the table."""
+    runs = collect(args)
+    if not runs:
         raise SystemExit(f"[study] no evaluation results under {args.output_dir} yet")
-    write_csv(curves, os.path.join(args.output_dir, "curves.csv"))
-    title = f"{os.path.basename(args.config_file)}, seed {args.seed}"
-    plot(curves, os.path.join(args.output_dir, "curves.png"), title)
-    return write_table(curves, os.path.join(args.output_dir, "table.md"), args.iters)
+    write_csv(runs, os.path.join(args.output_dir, "curves.csv"))
+    summary = summarize(runs)
+    write_summary_csv(summary, os.path.join(args.output_dir, SUMMARY_CSV))
+    seeds = ", ".join(map(str, args.seeds))
+    title = (
+        f"{os.path.basename(args.config_file)}: mean over seeds {seeds} (line), "
+        "min-max over the seeds (band)"
+    )
+    plot(summary, os.path.join(args.output_dir, "curves.png"), title)
+    path = os.path.join(args.output_dir, "table.md")
+    return write_table(summary, path, args.iters, args.seeds, args.reach_at)
 
 
 def main(args: argparse.Namespace) -> str:
     if not args.report_only:
-        for name in args.variants:
-            run_variant(args, name)
-            report(args)  # curves so far, after every variant
+        for seed in args.seeds:  # every variant once before the next seed
+            for name in args.variants:
+                run_variant(args, name, seed)
+                report(args)  # curves so far, after every run
     table = report(args)
     print(table, flush=True)
-    print(f"[study] curves.csv, curves.png and table.md in {args.output_dir}", flush=True)
+    print(
+        f"[study] curves.csv, {SUMMARY_CSV}, curves.png and table.md in {args.output_dir}",
+        flush=True,
+    )
     return table
 
 

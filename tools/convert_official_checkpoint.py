@@ -10,7 +10,13 @@ is written; on any mismatch nothing is written and the exit status is 1."""
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
+
+# Detectron2 v0.6 and fvcore call torch.jit.script, which torch deprecates, when imported:
+# that one warning is hidden (unless -W or PYTHONWARNINGS say otherwise).
+if not sys.warnoptions:
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 from detectron2.modeling import build_model
 from sam_detr.checkpoint.atomic import save_atomically

@@ -6,11 +6,11 @@ exported model against PyTorch.
 The exported model takes one image ``(3, H, W)`` float32 in ``INPUT.FORMAT`` channel order,
 pixel values in [0, 255], resized to the test size (shortest side ``INPUT.MIN_SIZE_TEST``,
 longest at most ``INPUT.MAX_SIZE_TEST``; the resize is not in the graph), any H and W. It
-returns ``boxes (k, 4)`` XYXY in input pixels, ``scores (k,)``, ``classes (k,)`` (the k best
-query-class pairs, as ``SAMDETR.inference``), and the last decoder layer's ``pred_logits
-(N, K)`` and ``pred_boxes (N, 4)``. What a runtime needs to know (test resize, input format,
-class names, score threshold) is written into the ONNX file's metadata and into
-``export_info.json`` beside the model.
+returns ``boxes (k, 4)`` XYXY in input pixels, clipped to the image as the predictor's,
+``scores (k,)``, ``classes (k,)`` (the k best query-class pairs, as ``SAMDETR.inference``),
+and the last decoder layer's ``pred_logits (N, K)`` and ``pred_boxes (N, 4)``. What a runtime
+needs to know (test resize, input format, class names, score threshold) is written into the
+ONNX file's metadata and into ``export_info.json`` beside the model.
 
 After exporting, the exported model (run by onnxruntime, or loaded back with
 ``torch.export.load``) and the PyTorch model (its ordinary inference path) process the
@@ -25,7 +25,14 @@ import argparse
 import json
 import logging
 import os
+import sys
+import warnings
 from typing import Dict, List, Optional, Sequence
+
+# Detectron2 v0.6 and fvcore call torch.jit.script, which torch deprecates, when imported:
+# that one warning is hidden (unless -W or PYTHONWARNINGS say otherwise).
+if not sys.warnoptions:
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import cv2
 import numpy as np
@@ -33,13 +40,15 @@ import sam_detr.data  # noqa: F401  (registers the built-in synthetic datasets)
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes
 from detectron2.utils.logger import setup_logger
 from sam_detr.checkpoint.checkpointer import SAMDETRCheckpointer
 from sam_detr.config import get_sam_detr_cfg
 from sam_detr.deploy.export import EXPORT_OUTPUTS, ExportableSAMDETR, dynamic_image_shapes
 from sam_detr.deploy.predictor import build_test_resize, model_input
+from sam_detr.modeling.box_ops import cxcywh_to_pixel_xyxy
+from sam_detr.modeling.detections import top_detections
 from sam_detr.utils.denormals import apply_denormal_mode
-from torchvision.ops import box_convert
 
 logger = logging.getLogger("sam_detr.export_model")
 
@@ -89,7 +98,7 @@ def export_info(cfg) -> Dict:
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         "outputs": list(EXPORT_OUTPUTS),
-        "boxes": "XYXY in pixels of the (resized) input image",
+        "boxes": "XYXY in pixels of the (resized) input image, clipped to it",
         "class_names": list(classes) if classes else None,
         "score_threshold": cfg.MODEL.SAM_DETR.SCORE_THRESH_TEST,
         "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -178,13 +187,13 @@ def export(
 def verify(model, runner, images: List[torch.Tensor], tolerance: float) -> float:
     """Largest difference of the raw outputs between PyTorch's inference path and the
     exported model over ``images``. The detections must agree as well: the same scores, and
-    the same classes and boxes at every rank whose score does not tie with a neighbour's
-    within ``tolerance``."""
+    the same classes and boxes (clipped to the image, as the predictor's) at every rank whose
+    score does not tie with a neighbour's within ``tolerance``."""
     worst = 0.0
     for image in images:
         with torch.no_grad():
             ours = model.inference([{"image": image}], do_postprocess=False)
-            scores, query, classes = model.top_detections(ours["pred_logits"])
+            scores, query, classes = top_detections(ours["pred_logits"], model.detections_per_image)
         theirs = runner(image)
         for exported_name, key in RAW_OUTPUTS:
             difference = np.abs(ours[key][0].numpy() - theirs[exported_name]).max()
@@ -196,8 +205,9 @@ def verify(model, runner, images: List[torch.Tensor], tolerance: float) -> float
         if (classes[0].numpy()[untied] != theirs["classes"][untied]).any():
             raise SystemExit("The exported model ranks its detections differently from PyTorch.")
         height, width = image.shape[-2:]
-        boxes = box_convert(ours["pred_boxes"][0][query[0]], "cxcywh", "xyxy").numpy()
-        boxes = boxes * np.array([width, height, width, height])
+        boxes = Boxes(cxcywh_to_pixel_xyxy(ours["pred_boxes"][0][query[0]], (height, width)))
+        boxes.clip((height, width))  # as detector_postprocess clips the predictor's boxes
+        boxes = boxes.tensor.numpy()
         # In normalised units, as the raw boxes.
         box_error = np.abs(boxes[untied] - theirs["boxes"][untied]).max(initial=0.0)
         worst = max(worst, float(box_error) / max(height, width))
@@ -220,7 +230,8 @@ def main(args: argparse.Namespace) -> str:
         )
     apply_denormal_mode(cfg)
     model = build_model(cfg)
-    SAMDETRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    trust = cfg.MODEL.SAM_DETR.TRUST_PICKLED_WEIGHTS
+    SAMDETRCheckpointer(model, trust_pickle=trust).load(cfg.MODEL.WEIGHTS)
     reference = build_model(cfg)  # the ordinary inference path, for verification
     reference.load_state_dict(model.state_dict())
     reference.eval()

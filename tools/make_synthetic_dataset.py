@@ -15,7 +15,14 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
+import warnings
 from collections import Counter
+
+# Detectron2 v0.6 and fvcore call torch.jit.script, which torch deprecates, when imported:
+# that one warning is hidden (unless -W or PYTHONWARNINGS say otherwise).
+if not sys.warnoptions:
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 from sam_detr.data import DEFAULT_SPEC, generate, render_preview
 

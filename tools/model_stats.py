@@ -9,8 +9,15 @@ counts 4 multiply-adds per sampled value and is also shown on its own.
 
 import argparse
 import logging
+import sys
 import time
+import warnings
 from typing import Any, List
+
+# Detectron2 v0.6 and fvcore call torch.jit.script, which torch deprecates, when imported:
+# that one warning is hidden (unless -W or PYTHONWARNINGS say otherwise).
+if not sys.warnoptions:
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import torch
 from detectron2.modeling import build_model

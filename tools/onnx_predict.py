@@ -61,12 +61,16 @@ class OnnxDetector:
         return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
     def __call__(self, image_bgr: np.ndarray, min_score: float) -> Dict[str, np.ndarray]:
-        """Detections of one BGR uint8 image scoring above ``min_score``, boxes in its pixels."""
+        """Detections of one BGR uint8 image scoring above ``min_score``, boxes XYXY in its
+        pixels (inside the image)."""
         resized = self.resize(image_bgr)
         pixels = resized[:, :, ::-1] if self.info["input_format"] == "RGB" else resized
         tensor = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
         boxes, scores, classes = self.session.run(["boxes", "scores", "classes"], {"image": tensor})
-        keep = scores > min_score
+        # As the predictor (detector_postprocess): the boxes come clipped to the image from
+        # the graph; those left empty are dropped.
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        keep = (scores > min_score) & nonempty
         scale = np.array(
             [image_bgr.shape[1] / resized.shape[1], image_bgr.shape[0] / resized.shape[0]]
         )

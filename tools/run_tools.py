@@ -9,8 +9,9 @@ standalone ``::``. Every step runs as ``python tools/<script> <arguments>`` woul
 chain with its exit status; the later steps do not run.
 
 Example: python tools/run_tools.py plot_losses.py output/demo/metrics.json --output \
-    output/demo/losses.png :: visualize_predictions.py --config-file output/demo/config.yaml \
-    --output output/demo/predictions MODEL.WEIGHTS output/demo/model_final.pth
+    output/demo/losses.png :: predict.py --config-file output/demo/config.yaml \
+    --dataset sam_detr_synthetic_val --output output/demo/predictions \
+    MODEL.WEIGHTS output/demo/model_final.pth
 """
 
 import os
@@ -48,6 +49,9 @@ def script_path(name: str) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
+    if list(argv[:1]) in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     steps = split_steps(argv)
     paths = [script_path(step[0]) for step in steps]  # all checked before the first runs
     if TOOLS_DIR not in sys.path:  # as when a script is run directly

@@ -15,7 +15,14 @@ Example: python tools/visualize_attention.py --config-file output/demo/config.ya
 import argparse
 import logging
 import os
+import sys
+import warnings
 from typing import Dict, List, Optional, Sequence
+
+# Detectron2 v0.6 and fvcore call torch.jit.script, which torch deprecates, when imported:
+# that one warning is hidden (unless -W or PYTHONWARNINGS say otherwise).
+if not sys.warnoptions:
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import cv2
 import numpy as np
@@ -153,8 +160,6 @@ def draw(
 
 def main(args: argparse.Namespace) -> List[str]:
     cfg = get_sam_detr_cfg(args.config_file, args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     predictor = SAMDETRPredictor(cfg)
     decoder = predictor.model.transformer.decoder

@@ -1,10 +1,14 @@
 """Config keys of SAM-DETR: ``add_sam_detr_config(cfg)`` adds ``MODEL.SAM_DETR`` and the
 solver/test keys the training recipe needs. Defaults are the paper's R50 12-epoch model."""
 
+import logging
 from typing import Sequence
 
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["add_sam_detr_config", "check_choice", "get_sam_detr_cfg", "validate_sam_detr_config"]
 
@@ -123,6 +127,11 @@ def add_sam_detr_config(cfg: CN) -> None:
     # from a backbone-only checkpoint or re-initialise class heads). False: load what fits,
     # warn, and keep the rest as initialised (Detectron2's default behaviour).
     _C.STRICT_WEIGHTS = True
+    # MODEL.WEIGHTS may be a pickle that names any Python global, which loading imports and
+    # calls (a crafted .pkl / .pth runs code). False: .pkl files may hold only numpy arrays,
+    # numbers, strings and containers, other files only what torch.load(weights_only=True)
+    # reads, else an error names the global. True only for files from a source you trust.
+    _C.TRUST_PICKLED_WEIGHTS = False
 
     # AdamW with a smaller learning rate for the backbone (DETR recipe).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -146,6 +155,11 @@ def add_sam_detr_config(cfg: CN) -> None:
     # entry points before they build the model. A trained SMCA model produces many, which x86
     # CPUs process ~100x slower than normal numbers. No effect on GPU computations.
     cfg.FLUSH_DENORMALS = True
+    # TensorFloat-32 in CUDA float32 matrix products and cuDNN convolutions (tf32.py), set by
+    # the entry points for the whole process (training and its evaluations): several times
+    # faster on Ampere and later GPUs, a 10-bit mantissa for the products' inputs. False:
+    # exact float32 (as on CPUs, which it does not affect).
+    cfg.ALLOW_TF32 = True
 
     # ---- Data checks (dataset_checks.py) ----
     # Boxes of zero width or height, or entirely outside their image: "drop" leaves them out
@@ -164,11 +178,19 @@ def add_sam_detr_config(cfg: CN) -> None:
 
 
 def get_sam_detr_cfg(config_file: str, overrides: Sequence[str] = ()) -> CN:
-    """A Detectron2 config with SAM-DETR's keys, merged from a file and ``KEY VALUE`` pairs."""
+    """A Detectron2 config with SAM-DETR's keys, merged from a file and ``KEY VALUE`` pairs, on
+    the CPU (with a warning) when it asks for CUDA and none is available. Not frozen. An unknown
+    key or an odd number of overrides is a ``ValueError`` naming the file and overrides."""
     cfg = get_cfg()
     add_sam_detr_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(overrides))
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(overrides))
+    except (KeyError, AssertionError) as e:  # yacs: unknown key, odd number of overrides
+        raise ValueError(f"Invalid config {config_file} {list(overrides)}: {e.args[0]}") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
+        cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "DamagedCheckpointError",
     "StateDiff",
+    "UnsafeCheckpointError",
     "WeightsMismatchError",
     "refuse_incomplete_load",
 ]
@@ -28,6 +29,11 @@ class CheckpointError(RuntimeError):
 
 class DamagedCheckpointError(CheckpointError):
     """The file is a checkpoint that is incomplete or corrupt (a truncated save or copy)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file's pickle refers to a Python global that loading weights never needs (it would
+    be imported and may run code); the message names the file and the global."""
 
 
 class WeightsMismatchError(CheckpointError):

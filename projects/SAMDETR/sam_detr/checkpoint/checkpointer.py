@@ -12,6 +12,7 @@ a backbone-only checkpoint (the ImageNet ``R-50.pkl``) loads the backbone and le
 to its initialisation, and a SAM-DETR checkpoint of another class count loads everything but
 the class heads. ``MODEL.SAM_DETR.STRICT_WEIGHTS False`` turns strictness off (warnings only,
 Detectron2's behaviour). Resuming skips a damaged newest checkpoint for the previous good one.
+Reading runs no code from the file (:mod:`.safe_pickle`) unless ``trust_pickle``.
 """
 
 import errno
@@ -33,8 +34,10 @@ from ..weights import (
     WeightsMismatchError,
 )
 from .atomic import write_atomically
+from .imagenet import without_imagenet_extras
 from .reading import CONVERSION_HINT, UNREADABLE_ERRORS, unreadable
 from .run_files import LAST_CHECKPOINT, remove_interrupted_saves, run_checkpoints
+from .safe_pickle import read_weights_file
 
 __all__ = ["LAST_CHECKPOINT", "SAMDETRCheckpointer"]
 
@@ -66,7 +69,8 @@ def _backbone_only(checkpoint: Mapping[str, Any], diff: StateDiff) -> bool:
 class SAMDETRCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves, strict loading and a resume that skips
     damaged checkpoints. Same constructor and methods, plus ``fine_tuning``: allow the two
-    training-start relaxations (backbone-only checkpoint, class-count change)."""
+    training-start relaxations (backbone-only checkpoint, class-count change), and
+    ``trust_pickle``: load pickles that name any global (``TRUST_PICKLED_WEIGHTS``)."""
 
     def __init__(
         self,
@@ -74,10 +78,12 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
         save_dir: str = "",
         *,
         fine_tuning: bool = False,
+        trust_pickle: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, save_dir, **kwargs)
         self.fine_tuning = fine_tuning
+        self.trust_pickle = trust_pickle
 
     @property
     def strict(self) -> bool:
@@ -149,7 +155,9 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            loaded = super()._load_file(filename)
+            loaded = read_weights_file(filename, self.trust_pickle)
+        except CheckpointError:  # a RuntimeError, but already says what is wrong
+            raise
         except UNREADABLE_ERRORS as e:
             raise unreadable(filename, e) from e
         except OSError as e:
@@ -174,6 +182,8 @@ class SAMDETRCheckpointer(DetectionCheckpointer):
             self._convert_ndarray_to_tensor(state)
             c2 = checkpoint.get("__author__", None) == "Caffe2"
             state = align_and_update_state_dicts(self.model.state_dict(), state, c2_conversion=c2)
+            if self.fine_tuning:
+                state = without_imagenet_extras(state, self.model.state_dict())
             checkpoint["matching_heuristics"] = False
         self._convert_ndarray_to_tensor(state)
         consume_prefix_in_state_dict_if_present(state, "module.")

@@ -3,19 +3,9 @@
 Detectron2's catalogs; the images are generated on first use (see :mod:`.synthetic`)."""
 
 from .builtin import register_builtin_datasets, register_synthetic_datasets
-from .synthetic import (
-    DEFAULT_SPEC,
-    SPLITS,
-    TINY_SPEC,
-    SplitFiles,
-    SyntheticSample,
-    SyntheticSpec,
-    dataset_dir,
-    default_cache_root,
-    generate,
-    render_preview,
-    render_sample,
-)
+from .synthetic import SplitFiles, dataset_dir, default_cache_root, generate
+from .synthetic_render import render_preview, render_sample
+from .synthetic_spec import DEFAULT_SPEC, SPLITS, TINY_SPEC, SyntheticSample, SyntheticSpec
 
 register_builtin_datasets()
 

@@ -15,7 +15,8 @@ from typing import Dict, List, Tuple, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic import DEFAULT_SPEC, SPLITS, TINY_SPEC, SyntheticSpec, dataset_dir, generate
+from .synthetic import dataset_dir, generate
+from .synthetic_spec import DEFAULT_SPEC, SPLITS, TINY_SPEC, SyntheticSpec
 
 __all__ = [
     "DEFAULT_PREFIX",

@@ -5,8 +5,9 @@ makes a loaded model traceable.
 ``ExportableSAMDETR`` takes one image ``(3, H, W)`` float in ``INPUT.FORMAT`` channel order
 with pixel values in [0, 255], already resized to the test size (the resize stays outside the
 graph, as in Detectron2's export), any H and W. It returns the ``k`` best (query, class)
-pairs as :meth:`SAMDETR.inference` ranks them (boxes XYXY in input pixels, scores, classes),
-and the raw outputs of the last decoder layer for verification. No score threshold is
+pairs as :meth:`SAMDETR.inference` ranks them (boxes XYXY in input pixels, clipped to the
+image as Detectron2's ``detector_postprocess`` clips the predictor's; scores; classes), and
+the raw outputs of the last decoder layer for verification. No score threshold is
 applied inside (it would make the output size data-dependent).
 """
 
@@ -40,9 +41,10 @@ def prepare_for_export(model: SAMDETR) -> SAMDETR:
 
 
 class ExportableSAMDETR(nn.Module):
-    """``image (3, H, W)`` -> ``boxes (k, 4)`` XYXY in input pixels, ``scores (k,)``,
-    ``classes (k,)`` int64, ``pred_logits (N, K)`` and ``pred_boxes (N, 4)`` (cx, cy, w, h in
-    [0, 1]) of the last decoder layer; ``k = min(TEST.DETECTIONS_PER_IMAGE, N * K)``."""
+    """``image (3, H, W)`` -> ``boxes (k, 4)`` XYXY in input pixels clipped to the image (x in
+    [0, W], y in [0, H]), ``scores (k,)``, ``classes (k,)`` int64, ``pred_logits (N, K)`` and
+    ``pred_boxes (N, 4)`` (cx, cy, w, h in [0, 1], unclipped) of the last decoder layer;
+    ``k = min(TEST.DETECTIONS_PER_IMAGE, N * K)``."""
 
     def __init__(self, model: SAMDETR) -> None:
         super().__init__()
@@ -56,7 +58,9 @@ class ExportableSAMDETR(nn.Module):
         logits, boxes = model.forward_outputs(pixels, mask)
         logits, boxes = logits[-1], boxes[-1]  # (1, N, K), (1, N, 4)
         scores, query, classes = top_detections(logits, model.detections_per_image)
-        xyxy = box_convert(boxes[0, query[0]], "cxcywh", "xyxy").unflatten(-1, (2, 2))
+        # Clipped as Detectron2's Boxes.clip (x to [0, W], y to [0, H]); clamping the
+        # normalised coordinates to [0, 1] first gives the same floats, with constant bounds.
+        xyxy = box_convert(boxes[0, query[0]], "cxcywh", "xyxy").clamp(0, 1).unflatten(-1, (2, 2))
         xyxy = torch.stack((xyxy[..., 0] * width, xyxy[..., 1] * height), dim=-1).flatten(-2)
         return xyxy, scores[0], classes[0], logits[0], boxes[0]
 

@@ -90,7 +90,8 @@ class SAMDETRPredictor(DefaultPredictor):
         self.model = build_model(self.cfg)
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        SAMDETRCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        trust = cfg.MODEL.SAM_DETR.TRUST_PICKLED_WEIGHTS
+        SAMDETRCheckpointer(self.model, trust_pickle=trust).load(cfg.MODEL.WEIGHTS)
         prepare_for_inference(self.model)
         self.aug = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT

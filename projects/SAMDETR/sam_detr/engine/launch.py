@@ -2,20 +2,27 @@
 variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), each process joins an
 ``env://`` process group, NCCL on GPUs and gloo on CPU, and registers Detectron2's per-machine
 process group. Otherwise Detectron2's own ``launch`` spawns ``--num-gpus`` processes per
-machine (which requires CUDA and NCCL). :func:`create_ddp_model` wraps a model for either,
-without ``device_ids`` on the CPU (gloo)."""
+machine (which requires CUDA and NCCL); that launching process passes SIGTERM, SIGUSR1 and
+SIGINT on to them (:mod:`.preemption`) and exits with their status when they stop on one.
+:func:`create_ddp_model` wraps a model for either, without ``device_ids`` on the CPU (gloo)."""
 
 import argparse
 import logging
+import multiprocessing
 import os
+import signal
 from datetime import timedelta
-from typing import Any, Callable
+from types import FrameType
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
+from torch.multiprocessing import ProcessExitedException
+
+from .preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS, TrainingPreempted
 
 __all__ = ["create_ddp_model", "is_torchrun", "launch_job"]
 
@@ -71,6 +78,17 @@ def _init_torchrun_process_group(timeout: timedelta) -> None:
     comm.synchronize()
 
 
+def _pass_on(signum: int, frame: Optional[FrameType]) -> None:
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signum)
+
+
+def forward_stop_signals() -> Dict[int, Any]:
+    """In a process that launched the training processes: pass stop signals on to them (they
+    save and exit) instead of dying first; returns the previous handlers."""
+    return {signum: signal.signal(signum, _pass_on) for signum in STOP_SIGNALS}
+
+
 def launch_job(
     main_func: Callable[[argparse.Namespace], Any],
     args: argparse.Namespace,
@@ -92,12 +110,22 @@ def launch_job(
             "is not available. For several CPU processes start this script with torchrun, "
             f"e.g. torchrun --nproc_per_node {args.num_gpus} train_net.py --config-file ..."
         )
-    launch(
-        main_func,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        timeout=timeout,
-    )
+    spawns = args.num_gpus * args.num_machines > 1
+    previous = forward_stop_signals() if spawns else {}
+    try:
+        launch(
+            main_func,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            timeout=timeout,
+        )
+    except ProcessExitedException as e:
+        if e.exit_code == PREEMPTED_EXIT_CODE:
+            raise TrainingPreempted() from e
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -8,7 +8,12 @@ only if the loss and the gradients are finite on every process: every rank takes
 decision. A step that is not finite is skipped (weights, optimiser state and BatchNorm
 statistics unchanged), logged and counted; ``SOLVER.MAX_SKIPPED_STEPS`` consecutive skipped
 steps stop the run. Steps whose float16-scaled gradients overflow are skipped by the
-gradient scaler by design and are not counted.
+gradient scaler by design: they are no failure, and are reported apart
+(``fp16_overflow_skips``, with the ``loss_scale``, in the metrics). The same collective tells
+every process whether any of them was asked to stop (``stop_agreed``, :mod:`.preemption`).
+
+The host reads the device's values once per step (the losses, the finiteness flags and the
+gradient norm in one copy), besides the matcher's one copy of all layers' costs.
 
 Randomness is keyed by the run's seed: the data stream (:mod:`.sample_stream`) by sample
 position, and the model's (dropout) by re-seeding torch at every iteration. So a resumed run
@@ -33,6 +38,9 @@ from .precision import Precision
 __all__ = ["NonFiniteTrainingError", "SAMDETRTrainStep"]
 
 logger = logging.getLogger(__name__)
+
+# What :meth:`SAMDETRTrainStep._read_step` reads besides the losses.
+STEP_VALUES = ("grad_norm", "loss_scale")
 
 
 class NonFiniteTrainingError(FloatingPointError):
@@ -67,6 +75,7 @@ class SAMDETRTrainStep(TrainerBase):
         clip_norm: Optional[float] = None,
         clip_norm_type: float = 2.0,
         max_skipped_steps: int = 0,
+        stop_requested: Callable[[], bool] = lambda: False,
     ) -> None:
         """
         Args:
@@ -78,6 +87,8 @@ class SAMDETRTrainStep(TrainerBase):
             clip_norm: clip the gradients' total norm to this; None for no clipping.
             clip_norm_type: the p of that norm.
             max_skipped_steps: consecutive non-finite steps tolerated before stopping.
+            stop_requested: whether this process was asked to stop (a signal); after each
+                step ``stop_agreed`` says whether any process was.
         """
         super().__init__()
         model.train()
@@ -90,6 +101,8 @@ class SAMDETRTrainStep(TrainerBase):
         self.max_skipped_steps = max_skipped_steps
         self.skipped_steps = 0
         self._consecutive_skips = 0
+        self._stop_requested = stop_requested
+        self.stop_agreed = False
         self._loader_factory = loader_factory
         self.data_loader: Optional[Iterable] = None
         self._data_iter = None
@@ -118,41 +131,53 @@ class SAMDETRTrainStep(TrainerBase):
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self._params, self.clip_norm, norm_type=self.clip_norm_type
         )
-        loss_finite, grads_finite = self._finite_on_all_ranks(losses, grad_norm)
+        loss_finite, grads_finite, values = self._read_step(loss_dict, losses, grad_norm)
         if loss_finite and (grads_finite or self.precision.skips_overflow):
-            self.precision.step(self.optimizer)
+            # Overflowing float16 gradients: the gradient scaler skips the update and counts it.
+            self.precision.step(self.optimizer, grads_finite)
             self._consecutive_skips = 0
-            self._write_metrics(loss_dict, data_time, grad_norm)
+            self._write_metrics(values, data_time)
         else:
             self.precision.skip()
             for saved, buffer in zip(buffers, self._buffers):
                 buffer.copy_(saved)
-            self._skip(loss_dict, grad_norm, loss_finite)
+            self._skip(values, loss_finite)
 
-    def _finite_on_all_ranks(
-        self, losses: torch.Tensor, grad_norm: torch.Tensor
-    ) -> Tuple[bool, bool]:
-        """Whether the loss and the gradients are finite on every process."""
-        flags = torch.stack([torch.isfinite(losses), torch.isfinite(grad_norm)]).to(torch.int32)
+    def _read_step(
+        self, loss_dict: Mapping[str, torch.Tensor], losses: torch.Tensor, grad_norm: torch.Tensor
+    ) -> Tuple[bool, bool, Dict[str, float]]:
+        """Whether the loss and the gradients are finite on every process, and this process's
+        losses, ``grad_norm`` (and ``loss_scale`` with gradient scaling), all read in one copy
+        to the host: with the matcher's, the step's only wait on the device. The same all-reduce
+        sets ``stop_agreed``."""
+        grad_norm = grad_norm.to(losses.device)  # a CPU zero when no parameter has a gradient
+        # A fill kernel, not a copy from the host (which would wait for the device).
+        go_on = torch.full((), not self._stop_requested(), dtype=torch.bool, device=losses.device)
+        flags = torch.stack([torch.isfinite(losses), torch.isfinite(grad_norm), go_on]).float()
         if comm.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-        loss_finite, grads_finite = flags.tolist()
-        return bool(loss_finite), bool(grads_finite)
+        tensors = dict(loss_dict, grad_norm=grad_norm)
+        scale = self.precision.loss_scale()
+        if scale is not None:
+            tensors["loss_scale"] = scale
+        read = torch.stack([v.detach().float().reshape(()) for v in tensors.values()])
+        loss_finite, grads_finite, all_go_on, *host = torch.cat([flags, read]).tolist()
+        self.stop_agreed = not all_go_on  # some process was asked to stop
+        return bool(loss_finite), bool(grads_finite), dict(zip(tensors, host))
 
-    def _skip(
-        self, loss_dict: Mapping[str, torch.Tensor], grad_norm: torch.Tensor, loss_finite: bool
-    ) -> None:
+    def _skip(self, values: Mapping[str, float], loss_finite: bool) -> None:
+        """Count, log and report a skipped step (``values``: of :meth:`_read_step`)."""
         self.skipped_steps += 1
         self._consecutive_skips += 1
         what = "gradient" if loss_finite else "loss"
-        values = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in loss_dict.items())
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k not in STEP_VALUES)
         logger.warning(
             "Iteration %d skipped: non-finite %s on at least one process (this process: %s; "
             "gradient norm %.4g). The weights were not updated (%d in a row, %d in all).",
             self.iter,
             what,
-            values,
-            float(grad_norm),
+            losses,
+            values["grad_norm"],
             self._consecutive_skips,
             self.skipped_steps,
         )
@@ -167,11 +192,12 @@ class SAMDETRTrainStep(TrainerBase):
                 "weights."
             )
 
-    def _write_metrics(
-        self, loss_dict: Mapping[str, torch.Tensor], data_time: float, grad_norm: torch.Tensor
-    ) -> None:
-        """Losses averaged over the processes, the slowest data time, the gradient norm."""
-        metrics = {k: float(v.detach()) for k, v in loss_dict.items()}
+    def _write_metrics(self, values: Mapping[str, float], data_time: float) -> None:
+        """Losses averaged over the processes, the slowest data time, the gradient norm; with
+        float16 gradient scaling, the loss scale and the overflowing steps skipped so far."""
+        metrics = dict(values)
+        grad_norm = metrics.pop("grad_norm")
+        loss_scale = metrics.pop("loss_scale", None)
         metrics["data_time"] = data_time
         gathered = comm.gather(metrics)
         if not comm.is_main_process():
@@ -180,7 +206,10 @@ class SAMDETRTrainStep(TrainerBase):
         storage.put_scalar("data_time", max(m.pop("data_time") for m in gathered))
         means = {k: float(np.mean([m[k] for m in gathered])) for k in gathered[0]}
         storage.put_scalar("total_loss", sum(means.values()))
-        storage.put_scalar("grad_norm", float(grad_norm))
+        storage.put_scalar("grad_norm", grad_norm)
+        if loss_scale is not None:
+            storage.put_scalar("loss_scale", loss_scale)
+            storage.put_scalar("fp16_overflow_skips", self.precision.overflow_skips)
         if len(means) > 1:
             storage.put_scalars(**means)
 

@@ -13,7 +13,8 @@ import detectron2.utils.comm as comm
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 from detectron2.utils.logger import setup_logger
@@ -25,6 +26,7 @@ from ..data.sample_stream import SampleStream, build_stream_loader, serialize_da
 from ..environment import has_compiled_ops
 from .launch import create_ddp_model
 from .precision import build_precision
+from .preemption import PreemptionCheckpointer, StopRequest
 from .solver import FULL_MODEL_CLIP_TYPE, build_optimizer
 from .train_step import NonFiniteTrainingError, SAMDETRTrainStep
 
@@ -100,6 +102,7 @@ class Trainer(DefaultTrainer):
         records = serialize_dataset(self.build_train_dataset(cfg))
         model = create_ddp_model(model, broadcast_buffers=False)
         clip = cfg.SOLVER.CLIP_GRADIENTS
+        self.stop_request = StopRequest()
         full_model_clip = clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL_CLIP_TYPE
         self._trainer = SAMDETRTrainStep(
             model,
@@ -112,11 +115,16 @@ class Trainer(DefaultTrainer):
             clip_norm=clip.CLIP_VALUE if full_model_clip else None,
             clip_norm_type=clip.NORM_TYPE,
             max_skipped_steps=cfg.SOLVER.MAX_SKIPPED_STEPS,
+            stop_requested=self.stop_request.is_set,
         )
         logger.info("Training in %s.", self._trainer.precision)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SAMDETRCheckpointer(
-            model, cfg.OUTPUT_DIR, fine_tuning=True, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            fine_tuning=True,
+            trust_pickle=cfg.MODEL.SAM_DETR.TRUST_PICKLED_WEIGHTS,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -185,6 +193,15 @@ class Trainer(DefaultTrainer):
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             use_fast_impl=has_compiled_ops(),  # pycocotools without Detectron2's C++ ops
         )
+
+    def build_hooks(self) -> List[Optional[HookBase]]:
+        """Detectron2's hooks, plus the checkpoint on SIGTERM / SIGUSR1 / SIGINT
+        (:mod:`.preemption`) right after the LR scheduler (and PreciseBN), before evaluation."""
+        hooks = super().build_hooks()
+        later = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook, d2_hooks.PeriodicWriter)
+        at = next((i for i, h in enumerate(hooks) if isinstance(h, later)), len(hooks))
+        hooks.insert(at, PreemptionCheckpointer(self.checkpointer, self.stop_request))
+        return hooks
 
     def build_writers(self) -> List[EventWriter]:
         writers: List[EventWriter] = [

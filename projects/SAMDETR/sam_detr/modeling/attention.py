@@ -67,7 +67,9 @@ def softmax_attention(
     return (logits if bias is None else logits + bias).softmax(dim=-1)
 
 
-def shared_key_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def shared_key_attention(
+    q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     """Attention weights of M heads that match their own queries against one set of keys:
     ``q (B, M, N, d)``, ``k (B, S, d)``, additive ``bias`` broadcastable to ``(B, M, N, S)``
     -> ``softmax(q k^T / sqrt(d) + bias)``, ``(B, M, N, S)``. One matrix product over all
@@ -76,7 +78,8 @@ def shared_key_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -
     forward and backward (R50 and the demo)."""
     B, M, N, d = q.shape
     logits = (q * d**-0.5).reshape(B, M * N, d) @ k.transpose(1, 2)
-    return (logits.view(B, M, N, -1) + bias).softmax(dim=-1)
+    logits = logits.view(B, M, N, -1)
+    return (logits if bias is None else logits + bias).softmax(dim=-1)
 
 
 class MapSelfAttention(nn.Module):
@@ -190,7 +193,7 @@ class SalientPointCrossAttention(nn.Module):
         position: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
-        attn_bias: torch.Tensor,
+        attn_bias: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """Attention weights ``(B, M, N, HW)``: queries ``(B, M, N, d)``, keys ``(B, HW, d)``
         shared by the heads."""
@@ -204,13 +207,13 @@ class SalientPointCrossAttention(nn.Module):
         position: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
-        attn_bias: torch.Tensor,
+        attn_bias: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """
         Args:
             content, position: ``(B, N, M, d)`` from the Semantics Aligner.
             memory, memory_pos: ``(B, HW, d)`` encoded map and its sine embedding.
-            attn_bias: broadcastable to ``(B, M, N, HW)``.
+            attn_bias: broadcastable to ``(B, M, N, HW)``, or None.
         Returns:
             ``(B, N, d)``.
         """

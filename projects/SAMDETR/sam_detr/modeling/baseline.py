@@ -2,7 +2,7 @@
 decoder without semantic-aligned matching: zero-initialised queries with learnable position
 embeddings, positional cross-attention, boxes predicted directly by each layer's head."""
 
-from typing import Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -46,16 +46,11 @@ class BaselineDETRTransformer(DetectionTransformer):
         """Learnable query position embeddings (DETR's ``query_embed``)."""
         return "query_pos", self.dim
 
-    def forward(
-        self,
-        srcs: Sequence[torch.Tensor],
-        pos: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor],
-        query_pos: torch.Tensor,
+    def decode(
+        self, levels: List[FeatureLevel], query_pos: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`SAMTransformer.forward`, with ``query_pos (N, d)``."""
-        levels = self.encode(srcs, pos, masks)
-        query_pos = query_pos.expand(srcs[0].shape[0], -1, -1)
+        """``query_pos (N, d)``: the learnable query positions."""
+        query_pos = query_pos.expand(levels[0].memory.shape[0], -1, -1)
         queries = torch.zeros_like(query_pos)
         hidden_states, boxes = [], []
         for layer, box_head, level in zip(self.decoder, self.bbox_embed, levels):

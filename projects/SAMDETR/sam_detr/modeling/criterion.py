@@ -2,7 +2,7 @@
 on the class logits and L1 + GIoU on the matched boxes, normalised by the number of
 target boxes averaged over all workers, each multiplied by its weight."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from detectron2.utils import comm
@@ -14,6 +14,9 @@ from .matcher import HungarianMatcher, Indices, Targets
 
 # Guards GIoU's divisions for degenerate boxes; far below float32 resolution of real areas.
 _GIOU_EPS = 1e-12
+
+# The loss normaliser: a number on one process, a device tensor with several.
+NumBoxes = Union[float, torch.Tensor]
 
 
 class SetCriterion(nn.Module):
@@ -46,7 +49,7 @@ class SetCriterion(nn.Module):
         )
 
     def loss_labels(
-        self, logits: torch.Tensor, targets: Targets, indices: Indices, num_boxes: float
+        self, logits: torch.Tensor, targets: Targets, indices: Indices, num_boxes: NumBoxes
     ) -> torch.Tensor:
         """Sigmoid focal loss over all ``(B, N, K)`` logits; matched ones are positives."""
         batch_idx, src_idx = _matched_predictions(indices)
@@ -59,7 +62,7 @@ class SetCriterion(nn.Module):
         return loss / num_boxes
 
     def loss_boxes(
-        self, boxes: torch.Tensor, targets: Targets, indices: Indices, num_boxes: float
+        self, boxes: torch.Tensor, targets: Targets, indices: Indices, num_boxes: NumBoxes
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """L1 and GIoU losses of the matched ``(cx, cy, w, h)`` boxes."""
         src = boxes[_matched_predictions(indices)]
@@ -74,10 +77,17 @@ class SetCriterion(nn.Module):
         return loss_l1 / num_boxes, loss_giou / num_boxes
 
     def layer_losses(
-        self, logits: torch.Tensor, boxes: torch.Tensor, targets: Targets, num_boxes: float
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        targets: Targets,
+        num_boxes: NumBoxes,
+        indices: Optional[Indices] = None,
     ) -> Dict[str, torch.Tensor]:
-        """Unweighted losses of one decoder layer's ``(B, N, K)`` logits, ``(B, N, 4)`` boxes."""
-        indices = self.matcher(logits, boxes, targets)
+        """Unweighted losses of one decoder layer's ``(B, N, K)`` logits, ``(B, N, 4)`` boxes,
+        given its matching ``indices`` (None: matched here)."""
+        if indices is None:
+            indices = self.matcher(logits, boxes, targets)
         loss_bbox, loss_giou = self.loss_boxes(boxes, targets, indices, num_boxes)
         return {
             "loss_ce": self.loss_labels(logits, targets, indices, num_boxes),
@@ -98,12 +108,14 @@ class SetCriterion(nn.Module):
         """
         logits, boxes = logits.float(), boxes.float()
         num_boxes = _average_num_boxes(targets, logits.device)
+        # All layers matched at once: one wait on the device, whatever the number of layers.
+        matches = self.matcher.match_layers(logits, boxes, targets)
         losses: Dict[str, torch.Tensor] = {}
         last = len(logits) - 1
-        for layer, (layer_logits, layer_boxes) in enumerate(zip(logits, boxes)):
+        for layer, (layer_logits, layer_boxes, indices) in enumerate(zip(logits, boxes, matches)):
             suffix = "" if layer == last else f"_{layer}"
             for name, value in self.layer_losses(
-                layer_logits, layer_boxes, targets, num_boxes
+                layer_logits, layer_boxes, targets, num_boxes, indices
             ).items():
                 losses[name + suffix] = value * self.weights[name]
         return losses
@@ -115,11 +127,14 @@ def _matched_predictions(indices: Indices) -> Tuple[torch.Tensor, torch.Tensor]:
     return batch_idx, torch.cat([src for src, _ in indices])
 
 
-def _average_num_boxes(targets: List[Dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Target boxes per worker, averaged over all workers, at least 1."""
-    num_boxes = torch.tensor(
-        [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device
-    )
-    if comm.get_world_size() > 1:
-        torch.distributed.all_reduce(num_boxes)
-    return torch.clamp(num_boxes / comm.get_world_size(), min=1).item()
+def _average_num_boxes(targets: List[Dict[str, torch.Tensor]], device: torch.device) -> NumBoxes:
+    """Target boxes per worker, averaged over all workers, at least 1: a number on one
+    process; with several, a 0-dim float32 tensor on ``device`` (summed over the workers
+    there, never read by the host)."""
+    num_boxes = float(sum(len(t["labels"]) for t in targets))
+    if comm.get_world_size() == 1:
+        return max(num_boxes, 1.0)
+    # torch.full, not torch.tensor: filled on the device, no copy from the host.
+    total = torch.full((), num_boxes, dtype=torch.float32, device=device)
+    torch.distributed.all_reduce(total)
+    return torch.clamp(total / comm.get_world_size(), min=1)

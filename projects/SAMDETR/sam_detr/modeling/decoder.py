@@ -14,7 +14,7 @@ from .pooled_aligner import AvgPoolAligner, MaxPoolAligner
 from .position_encoding import embed_points
 from .salient_points import ImageRangeSalientPointAligner, SalientPointAligner
 from .semantics_aligner import SemanticsAligner
-from .smca import NoSpatialPrior, SMCAPrior
+from .smca import SPATIAL_PRIORS
 
 __all__ = ["DecoderLayer", "SAMDecoderLayer", "SEMANTICS_ALIGNERS", "build_semantics_aligner"]
 
@@ -64,7 +64,7 @@ class SAMDecoderLayer(DecoderLayer):
         dim, num_heads, dropout = spec.dim, spec.num_heads, spec.dropout
         self.dim = dim
         self.temperature = spec.temperature
-        self.spatial_prior = SMCAPrior(spec.smca_divisor) if spec.smca else NoSpatialPrior()
+        self.spatial_prior = SPATIAL_PRIORS[spec.smca](spec.smca_divisor)
         self.self_attn = QuerySelfAttention(dim, num_heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.semantics_aligner = build_semantics_aligner(spec)

@@ -1,7 +1,7 @@
 """The DETR encoder over one feature level: post-norm layers of self-attention over the
 flattened map (positions added to queries and keys) and FFN."""
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,8 +26,10 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """``src, pos (B, HW, d)``, padding ``bias (B, 1, 1, HW)`` -> ``(B, HW, d)``."""
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``src, pos (B, HW, d)``, padding ``bias (B, 1, 1, HW)`` or None -> ``(B, HW, d)``."""
         src = self.norm1(src + self.dropout(self.self_attn(src, pos, bias)))
         return self.norm2(src + self.dropout(feed_forward(self, src)))
 

@@ -4,7 +4,7 @@ Single-scale SAM-DETR has one level (res5, or res5 dilated); multi-scale has thr
 res4, res5), which the deformable encoder attends jointly and the decoder layers take one
 at a time."""
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -30,7 +30,9 @@ class FeatureLevel(NamedTuple):
     memory: torch.Tensor  # (B, HW, d) features (encoded, once the encoder has run)
     pos: torch.Tensor  # (B, HW, d) sine embedding (plus the level embedding, multi-scale)
     mask: torch.Tensor  # (B, HW) bool, True on padding
-    bias: torch.Tensor  # (B, 1, 1, HW) additive attention bias, -inf on padding
+    # (B, 1, 1, HW) additive attention bias, -inf on padding; None when no image of the batch
+    # is padded (attention then runs without a mask, on the fused GPU kernels).
+    bias: Optional[torch.Tensor]
     size: Tuple[int, int]  # (H, W)
     valid_ratio: torch.Tensor  # (B, 2) unpadded fraction (w, h) of the map, in src's dtype
 
@@ -39,15 +41,18 @@ class FeatureLevel(NamedTuple):
         return self.memory.transpose(1, 2).unflatten(2, self.size)
 
     @classmethod
-    def from_map(cls, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> "FeatureLevel":
-        """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` (True on padding) -> a level."""
+    def from_map(
+        cls, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, padded: bool = True
+    ) -> "FeatureLevel":
+        """``src, pos (B, d, H, W)``, ``mask (B, H, W)`` (True on padding) -> a level;
+        ``padded``: whether any image is (False: no attention bias, the mask is all False)."""
         memory = src.flatten(2).transpose(1, 2)
         flat_mask = mask.flatten(1)
         return cls(
             memory=memory,
             pos=pos.flatten(2).transpose(1, 2),
             mask=flat_mask,
-            bias=padding_bias(flat_mask, memory.dtype),
+            bias=padding_bias(flat_mask, memory.dtype) if padded else None,
             size=tuple(src.shape[-2:]),
             valid_ratio=unpadded_ratio(mask).to(src.dtype),
         )

@@ -7,7 +7,7 @@ import torch
 from detectron2.structures import ImageList
 from detectron2.utils.logger import log_first_n
 
-__all__ = ["check_image", "padding_mask"]
+__all__ = ["check_image", "is_padded", "padding_mask"]
 
 # Largest value of a float input image that suggests [0, 1] scaling instead of [0, 255].
 UNIT_RANGE_MAX = 1.0
@@ -28,6 +28,13 @@ def check_image(image: torch.Tensor, channels: int) -> None:
             "(multiply by 255). Detections on such an image are meaningless.",
             n=1,
         )
+
+
+def is_padded(images: ImageList) -> bool:
+    """Whether any image of the batch is padded, from the sizes alone (no read of the device):
+    when none is, attention needs no padding bias."""
+    padded_size = tuple(images.tensor.shape[-2:])
+    return any(tuple(size) != padded_size for size in images.image_sizes)
 
 
 def padding_mask(images: ImageList) -> torch.Tensor:

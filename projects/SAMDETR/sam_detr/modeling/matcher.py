@@ -3,10 +3,13 @@ the focal-loss class cost, L1 on normalised cx, cy, w, h, and negative GIoU."""
 
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
+
+from .host_transfer import to_device, to_host
 
 # Keeps log() finite in the focal class cost (official value).
 _LOG_EPS = 1e-8
@@ -45,7 +48,6 @@ class HungarianMatcher(nn.Module):
             f"focal_gamma={self.focal_gamma})"
         )
 
-    @torch.no_grad()
     def forward(self, logits: torch.Tensor, boxes: torch.Tensor, targets: Targets) -> Indices:
         """
         Args:
@@ -53,15 +55,32 @@ class HungarianMatcher(nn.Module):
             boxes: ``(B, N, 4)`` cx, cy, w, h in [0, 1].
             targets: per image ``labels (T,)`` int64 and ``boxes (T, 4)`` cx, cy, w, h.
         Returns:
-            per image ``(prediction indices, target indices)``, each ``(min(N, T),)`` int64.
+            per image ``(prediction indices, target indices)``, each ``(min(N, T),)`` int64 on
+            the device of ``logits``.
         """
-        B, N = logits.shape[:2]
+        return self.match_layers(logits[None], boxes[None], targets)[0]
+
+    @torch.no_grad()
+    def match_layers(
+        self, logits: torch.Tensor, boxes: torch.Tensor, targets: Targets
+    ) -> List[Indices]:
+        """The matching of every decoder layer, with one copy of all layers' costs to the host
+        and one copy of all indices back (the host waits once, whatever the layers).
+
+        Args:
+            logits: ``(L, B, N, K)`` class logits of L decoder layers.
+            boxes: ``(L, B, N, 4)`` cx, cy, w, h in [0, 1].
+            targets: as :meth:`forward`'s.
+        Returns:
+            per layer, what :meth:`forward` returns.
+        """
+        L, B, N = logits.shape[:3]
         sizes = [len(t["labels"]) for t in targets]
         if sum(sizes) == 0:
-            empty = torch.empty(0, dtype=torch.int64)
-            return [(empty, empty) for _ in range(B)]
-        prob = logits.flatten(0, 1).float().sigmoid()
-        out_boxes = boxes.flatten(0, 1).float()
+            empty = torch.empty(0, dtype=torch.int64, device=logits.device)
+            return [[(empty, empty) for _ in range(B)] for _ in range(L)]
+        prob = logits.flatten(0, 2).float().sigmoid()
+        out_boxes = boxes.flatten(0, 2).float()
         tgt_ids = torch.cat([t["labels"] for t in targets])
         tgt_boxes = torch.cat([t["boxes"] for t in targets]).float()
 
@@ -74,14 +93,21 @@ class HungarianMatcher(nn.Module):
             box_convert(out_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
         )
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class
-        cost = (cost + self.cost_giou * cost_giou).view(B, N, -1).cpu()
+        cost = to_host((cost + self.cost_giou * cost_giou).view(L, B, N, -1))
         # Non-finite predictions (a diverged forward pass) are matched last; their losses are
         # non-finite too, and the training step skips the update.
         cost = torch.nan_to_num(
             cost, nan=NON_FINITE_COST, posinf=NON_FINITE_COST, neginf=-NON_FINITE_COST
         )
-        indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
-        return [
-            (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64))
-            for i, j in indices
+        per_image = cost.split(sizes, -1)
+        matched = [
+            linear_sum_assignment(c[layer, i])
+            for layer in range(L)
+            for i, c in enumerate(per_image)
         ]
+        lengths = [len(i) for i, _ in matched]
+        flat = torch.as_tensor(
+            np.concatenate([np.stack(pair).astype(np.int64) for pair in matched], axis=1)
+        )
+        pairs = iter(to_device(flat, logits.device).split(lengths, dim=1))
+        return [[tuple(next(pairs)) for _ in range(B)] for _ in range(L)]

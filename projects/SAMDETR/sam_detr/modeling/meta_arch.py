@@ -20,7 +20,7 @@ from .backbone import build_sam_detr_backbone, downsample_mask
 from .baseline import BaselineDETRTransformer
 from .criterion import SetCriterion
 from .detections import detections
-from .images import check_image, padding_mask
+from .images import check_image, is_padded, padding_mask
 from .layer_spec import SAMLayerSpec
 from .matcher import HungarianMatcher
 from .position_encoding import MapPositionEmbedding
@@ -227,16 +227,18 @@ class SAMDETR(nn.Module):
         (True on padding)."""
         for x in batched_inputs:
             check_image(x["image"], len(self.pixel_mean))
-        images = [self.normalize(x["image"].to(self.device)) for x in batched_inputs]
+        images = [
+            self.normalize(x["image"].to(self.device, non_blocking=True)) for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images)
         return images, padding_mask(images)
 
     def forward_outputs(
-        self, pixels: torch.Tensor, mask: torch.Tensor
+        self, pixels: torch.Tensor, mask: torch.Tensor, padded: bool = True
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised, padded images ``(B, C, H, W)`` and their padding mask ``(B, H, W)`` ->
         class logits ``(L, B, N, K)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in [0, 1] of
-        each unpadded image) of all L decoder layers."""
+        each unpadded image) of all L decoder layers. ``padded=False``: no attention bias."""
         pixels = pixels.contiguous(memory_format=self.backbone_format)
         features = self.backbone(pixels)
         with self.amp_scope.region(self.device.type):
@@ -248,7 +250,7 @@ class SAMDETR(nn.Module):
                 pos.append(self.position_embedding(level_mask).to(feature.dtype))
                 masks.append(level_mask)
             query_parameters = getattr(self, self.query_parameters_name).weight
-            hidden, boxes = self.transformer(srcs, pos, masks, query_parameters)
+            hidden, boxes = self.transformer(srcs, pos, masks, query_parameters, padded)
             logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden)])
         return logits, boxes
 
@@ -257,12 +259,9 @@ class SAMDETR(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         images, mask = self.preprocess_image(batched_inputs)
-        logits, boxes = self.forward_outputs(images.tensor, mask)
-        targets = prepare_targets(
-            [x["instances"].to(self.device) for x in batched_inputs],
-            images.image_sizes,
-            self.num_classes,
-        )
+        logits, boxes = self.forward_outputs(images.tensor, mask, is_padded(images))
+        instances = [x["instances"] for x in batched_inputs]  # read on the host: no device wait
+        targets = prepare_targets(instances, images.image_sizes, self.num_classes, self.device)
         if not self.aux_loss:
             logits, boxes = logits[-1:], boxes[-1:]
         # Matching costs and losses in float32 even under autocast (fp16 GIoU gives NaN).
@@ -276,7 +275,7 @@ class SAMDETR(nn.Module):
         layers, same keys)."""
         images, mask = self.preprocess_image(batched_inputs)
         with self.inference_autocast.autocast():
-            logits, boxes = self.forward_outputs(images.tensor, mask)
+            logits, boxes = self.forward_outputs(images.tensor, mask, is_padded(images))
         logits, boxes = logits.float(), boxes.float()
         if not do_postprocess:
             return {

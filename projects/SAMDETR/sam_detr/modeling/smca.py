@@ -2,14 +2,14 @@
 every head, additive cross-attention log-weights that decay with the distance between the
 head's salient point and each feature-map cell, scaled per point by predicted factors."""
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from .semantics_aligner import AlignedQueries
 
-__all__ = ["NoSpatialPrior", "SMCAPrior", "smca_log_weights"]
+__all__ = ["NoSpatialPrior", "SMCAPrior", "SPATIAL_PRIORS", "smca_log_weights"]
 
 
 def smca_log_weights(
@@ -30,8 +30,13 @@ def smca_log_weights(
         divisor: the log-weights are ``-sum_c s_c^2 (p_c - g_c)^2 / divisor``.
 
     Returns:
-        ``(B, M, N, H * W)`` log-weights, in the order the flattened map is attended.
+        ``(B, M, N, H * W)`` log-weights, in the order the flattened map is attended, in
+        float32 (float64 for float64 inputs) whatever the inputs' precision: ``s^2`` is
+        infinite in float16 from ``|s| = 256`` and the squared distances times ``s^2`` far
+        sooner, which made whole attention rows NaN.
     """
+    dtype = torch.promote_types(points.dtype, torch.float32)
+    points, scales, valid_ratio = points.to(dtype), scales.to(dtype), valid_ratio.to(dtype)
     # In map pixels; sizes multiply as numbers, not as a constant tensor (export).
     points = torch.stack((points[..., 0] * width, points[..., 1] * height), dim=-1)
     points = (points * valid_ratio[:, None, None, :]).transpose(1, 2)  # (B, M, N, 2)
@@ -55,27 +60,30 @@ class SMCAPrior(nn.Module):
 
     def forward(
         self,
-        bias: torch.Tensor,
+        bias: Optional[torch.Tensor],
         aligned: AlignedQueries,
         valid_ratio: torch.Tensor,
         size: Tuple[int, int],
     ) -> torch.Tensor:
-        """Padding ``bias (B, 1, 1, HW)``, the aligner's points and scales, ``valid_ratio
-        (B, 2)``, map size (H, W) -> ``(B, M, N, HW)``."""
+        """Padding ``bias (B, 1, 1, HW)`` or None, the aligner's points and scales,
+        ``valid_ratio (B, 2)``, map size (H, W) -> ``(B, M, N, HW)``."""
         height, width = size
-        return bias + smca_log_weights(
+        log_weights = smca_log_weights(
             aligned.points, aligned.scales, valid_ratio, height, width, self.divisor
         )
+        return log_weights if bias is None else bias + log_weights
 
 
 class NoSpatialPrior(nn.Module):
-    """Without SMCA: the attention bias as it is (padding only)."""
+    """Without SMCA: the attention bias as it is (padding only, or None)."""
 
-    def forward(
-        self,
-        bias: torch.Tensor,
-        aligned: AlignedQueries,
-        valid_ratio: torch.Tensor,
-        size: Tuple[int, int],
-    ) -> torch.Tensor:
+    def __init__(self, divisor: float) -> None:
+        super().__init__()
+
+    def forward(self, bias: Optional[torch.Tensor], *_: object) -> Optional[torch.Tensor]:
+        """:meth:`SMCAPrior.forward`'s arguments -> ``bias``."""
         return bias
+
+
+# MODEL.SAM_DETR.SMCA -> the spatial prior of the cross-attention.
+SPATIAL_PRIORS = {True: SMCAPrior, False: NoSpatialPrior}

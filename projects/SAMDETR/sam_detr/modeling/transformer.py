@@ -69,16 +69,35 @@ class DetectionTransformer(nn.Module):
     def query_parameters(self) -> Tuple[str, int]:
         raise NotImplementedError
 
-    def encode(
+    def forward(
         self,
         srcs: Sequence[torch.Tensor],
         pos: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
-    ) -> List[FeatureLevel]:
-        """Per level ``src, pos (B, d, H, W)``, ``mask (B, H, W)`` -> the encoded levels, one
-        per decoder layer."""
-        levels = self.encoder([FeatureLevel.from_map(*level) for level in zip(srcs, pos, masks)])
-        return [levels[i] for i in self.decoder_levels]
+        query_parameters: torch.Tensor,
+        padded: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            srcs: per level ``(B, d, H, W)`` projected backbone features.
+            pos: per level ``(B, d, H, W)`` sine embedding of the map.
+            masks: per level ``(B, H, W)`` bool, True on padding.
+            query_parameters: the learnable per-query parameters (:attr:`query_parameters`).
+            padded: whether any image of the batch is padded (False: attention without bias).
+        Returns:
+            hidden states ``(L, B, N, d)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in
+            [0, 1] of each unpadded image), one per decoder layer.
+        """
+        levels = self.encoder(
+            [FeatureLevel.from_map(*level, padded) for level in zip(srcs, pos, masks)]
+        )
+        return self.decode([levels[i] for i in self.decoder_levels], query_parameters)
+
+    def decode(
+        self, levels: List[FeatureLevel], query_parameters: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The encoded level of each decoder layer -> hidden states and boxes."""
+        raise NotImplementedError
 
 
 class SAMTransformer(DetectionTransformer):
@@ -98,25 +117,12 @@ class SAMTransformer(DetectionTransformer):
         """Learnable reference boxes: cx, cy, w, h before sigmoid, one per query."""
         return "reference_boxes", BOX_DIMS
 
-    def forward(
-        self,
-        srcs: Sequence[torch.Tensor],
-        pos: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor],
-        reference_logits: torch.Tensor,
+    def decode(
+        self, levels: List[FeatureLevel], reference_logits: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            srcs: per level ``(B, d, H, W)`` projected backbone features.
-            pos: per level ``(B, d, H, W)`` sine embedding of the map.
-            masks: per level ``(B, H, W)`` bool, True on padding.
-            reference_logits: ``(N, 4)`` learnable reference boxes, before sigmoid.
-        Returns:
-            hidden states ``(L, B, N, d)`` and boxes ``(L, B, N, 4)`` (cx, cy, w, h in
-            [0, 1] of each unpadded image), one per decoder layer.
-        """
-        levels = self.encode(srcs, pos, masks)
-        B = srcs[0].shape[0]
+        """``reference_logits (N, 4)``: the learnable reference boxes, before sigmoid; each
+        layer refines the boxes of the previous one."""
+        B = levels[0].memory.shape[0]
         queries = levels[0].memory.new_zeros(B, reference_logits.shape[0], self.dim)
         logits = reference_logits.expand(B, -1, -1)
         hidden_states, boxes = [], []

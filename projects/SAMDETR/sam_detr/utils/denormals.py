@@ -59,8 +59,9 @@ def flush_denormals() -> bool:
         logging.WARNING,
         "Subnormal float32 numbers are flushed to zero on the main thread but not on all of "
         f"PyTorch's {torch.get_num_threads()} intra-op threads, which were started before (a "
-        "parallel tensor operation ran first). Call sam_detr.denormals.flush_denormals() at "
-        "the start of the program: CPU training with SMCA can run 2x slower without it.",
+        "parallel tensor operation ran first). Call "
+        "sam_detr.utils.denormals.flush_denormals() at the start of the program: CPU training "
+        "with SMCA can run 2x slower without it.",
         name=__name__,
     )
     return False
