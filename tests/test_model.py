@@ -1,8 +1,8 @@
-"""Behaviour of the SAMDETR meta-architecture: every config builds, parameter counts of the
-paper models, training on empty images and degenerate boxes, float32 losses under
-autocast, reference boxes detached between layers, top-k and score-threshold inference,
-frozen BatchNorm folded for inference, bfloat16 inference and torchvision's RoIAlign; the
-salient-point cross-attention's weights against PyTorch's attention."""
+"""Behaviour of the SAMDETR meta-architecture (every config builds: test_state_dict_golden.py):
+parameter counts of the paper models, training on empty images and degenerate boxes, float32
+losses under autocast, reference boxes detached between layers, top-k and score-threshold
+inference, frozen BatchNorm folded for inference, bfloat16 inference and torchvision's RoIAlign;
+the salient-point cross-attention's weights against PyTorch's attention."""
 
 import functools
 from pathlib import Path
@@ -64,12 +64,6 @@ def image_with_boxes(h, w, boxes, classes):
     inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
     return {"image": torch.rand(3, h, w) * 255, "instances": inst}
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO_ROOT)) for p in CONFIGS])
-def test_every_config_builds(path):
-    model = build_model(get_sam_detr_cfg(str(path), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]))
-    assert type(model).__name__ == "SAMDETR"
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.name for p in PAPER_CONFIGS])

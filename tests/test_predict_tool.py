@@ -1,9 +1,10 @@
-"""tools/predict.py as a process, with a tiny randomly initialised checkpoint, on real
-photographs (scikit-image's astronaut, coffee and chelsea) given as a folder and as globs, and
-on a short video: the drawn images and frames keep their input's size, the COCO results
-name the inputs and hold boxes inside the images, unreadable files are skipped, named and
-turn the exit status to 1. In the test process: ``--webcam`` without a camera is a clear
-error; how the inputs are expanded and trailing config overrides told apart from them."""
+"""tools/predict.py as a process, with a tiny randomly initialised checkpoint, on real photographs
+(scikit-image's astronaut, coffee and chelsea) given as a folder and as globs, and on a short
+video, and on the images of a registered dataset drawn enlarged: the drawn images and frames
+keep their input's size, the COCO results name the inputs and hold boxes inside the images,
+unreadable files are skipped, named and turn the exit status to 1. In the test process:
+``--webcam`` without a camera is a clear error; how the inputs are expanded and trailing config
+overrides told apart from them."""
 
 import json
 import os
@@ -139,3 +140,20 @@ def test_inputs_and_trailing_overrides(files, tmp_path):
     names = ["coffee.png", "astronaut.jpg", "chelsea.jpg", "notes.jpg", "truncated.jpg"]
     assert expanded == [str(photos / n) for n in names]  # coffee.png once
     assert [path for path, _ in run.skipped] == [str(tmp_path / "*.png"), "missing.jpg"]
+
+
+def test_images_of_a_registered_dataset_enlarged(files, tmp_path):
+    """``--dataset`` (as ``make demo`` draws its validation images), ``--max-images`` and
+    ``--scale``: the first images of the built-in tiny synthetic split, drawn at twice their
+    96-px size."""
+    out = tmp_path / "drawn"
+    done = predict(
+        files,
+        *("--dataset", "sam_detr_synthetic_tiny_val", "--max-images", "2", "--scale", "2"),
+        *("--output", str(out)),
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Processed 2 image(s)" in done.stdout
+    drawn = sorted(out.iterdir())
+    assert len(drawn) == 2
+    assert all(cv2.imread(str(path)).shape[:2] == (192, 192) for path in drawn)

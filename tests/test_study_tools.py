@@ -310,6 +310,10 @@ def test_run_tools_chains_steps_and_stops_at_the_first_failure(study_dir, tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert cv2.imread(str(tmp_path / "a.png")) is not None
     assert len(os.listdir(attention)) == 1
+    # A step that ends with sys.exit(0) (here argparse's --help) lets the next one run.
+    exited = run_tools("predict.py", "--help", "::", "plot_losses.py", metrics, "--output",
+                       tmp_path / "c.png")  # fmt: skip
+    assert exited.returncode == 0 and cv2.imread(str(tmp_path / "c.png")) is not None
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "tot')

@@ -58,7 +58,11 @@ def main(argv: Sequence[str]) -> None:
         sys.path.insert(0, TOOLS_DIR)
     for path, step in zip(paths, steps):
         sys.argv = [path, *step[1:]]
-        runpy.run_path(path, run_name="__main__")
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as done:  # a script's sys.exit: 0 or None goes on to the next step
+            if done.code not in (None, 0):
+                raise
 
 
 if __name__ == "__main__":
