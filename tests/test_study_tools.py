@@ -2,18 +2,20 @@
 trains two variants with two seeds with train_net.py, writes curves.csv / curves_summary.csv /
 curves.png / table.md, skips finished runs and continues an interrupted one with ``--resume``;
 its mean, spread, comparisons and "baseline reaches" sentence on hand-written metrics of known
-AP; its ``--long-view`` preset; ``visualize_attention.py``
-draws SAM's and the baseline's attention; ``plot_losses.py`` plots metrics.json;
+AP; its ``--long-view`` preset; ``--start-from`` continuing a shorter study exactly;
+``visualize_attention.py`` draws SAM's and the baseline's attention; ``plot_losses.py`` plots metrics.json;
 ``run_tools.py`` chains tools in one process (as ``make demo`` does)."""
 
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import cv2
 import pytest
+import torch
 from train_net_helpers import REPO, TINY_CONFIG, env, load_tool
 
 study = load_tool("convergence_study")
@@ -27,15 +29,19 @@ TINY_DATA = [
 ]  # fmt: skip
 
 
-def run_study(output_dir, cache):
+def run_tool(args, cache, opts=()):
+    """convergence_study.py on the tiny config and data; the finished process."""
     cmd = [sys.executable, os.path.join(REPO, "tools", "convergence_study.py")]
-    cmd += ["--config-file", TINY_CONFIG, "--output-dir", str(output_dir)]
-    cmd += ["--variants", ",".join(VARIANTS), "--iters", str(ITERS)]
-    cmd += ["--seeds", ",".join(map(str, SEEDS))]
-    cmd += ["--eval-period", str(EVAL_PERIOD), *TINY_DATA]
+    cmd += ["--config-file", TINY_CONFIG, *args, *TINY_DATA, *opts]
     e = env()
     e["SAM_DETR_DATASETS"] = str(cache)
-    done = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+
+
+def run_study(output_dir, cache):
+    args = ["--output-dir", str(output_dir), "--variants", ",".join(VARIANTS)]
+    args += ["--iters", str(ITERS), "--seeds", ",".join(map(str, SEEDS))]
+    done = run_tool(args + ["--eval-period", str(EVAL_PERIOD)], cache)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -111,6 +117,66 @@ def test_study_skips_finished_and_resumes_interrupted_runs(study_dir):
         cmd + TINY_DATA, cwd=REPO, env=env(), capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1 and "was trained with other settings" in done.stderr
+
+
+def test_start_from_continues_a_shorter_study_as_a_run_from_scratch(study_dir, tmp_path):
+    """``--start-from``: a study of ITERS + 2 iterations that continues the module's study of
+    ITERS gives the same evaluations and bitwise the same final checkpoint as one trained
+    from iteration 0 (with the tiny config's LR step at iteration 3, after the source's
+    end); a source of other settings, of as many iterations or with a schedule
+    that depends on MAX_ITER is refused, and nothing is copied."""
+    out, cache, _ = study_dir
+    longer = ["--variants", "sp8_rw", "--seeds", "0", "--eval-period", str(EVAL_PERIOD)]
+    longer += ["--iters", str(ITERS + 2)]
+    continued = tmp_path / "continued"
+    done = run_tool(["--output-dir", str(continued), "--start-from", str(out), *longer], cache)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    source = out / "sp8_rw" / "seed0"
+    assert f"[study] sp8_rw/seed0: continues {source} after its iteration {ITERS}" in done.stdout
+    assert "[study] sp8_rw/seed0 (resumed)" in done.stdout
+    finished = json.loads((continued / "sp8_rw" / "seed0" / study.FINISHED).read_text())
+    assert finished["continued"] == str(source)
+    scratch = tmp_path / "scratch"
+    done = run_tool(["--output-dir", str(scratch), *longer], cache)
+    assert done.returncode == 0 and "[study] sp8_rw/seed0 (started)" in done.stdout
+    # The evaluations after the source's end are the scratch run's; the source's come first.
+    later = [
+        [r for r in read_rows(d / "curves.csv") if int(r["iteration"]) > ITERS]
+        for d in (continued, scratch)
+    ]
+    assert later[0] == later[1] and [r["iteration"] for r in later[0]] == ["3", "4"]
+    metrics = (continued / "sp8_rw" / "seed0" / "metrics.json").read_text()
+    assert metrics.startswith((source / "metrics.json").read_text())
+    a, b = (
+        torch.load(d / "sp8_rw" / "seed0" / "model_final.pth", weights_only=True)
+        for d in (continued, scratch)
+    )
+    assert a["iteration"] == b["iteration"] == ITERS + 1
+    for part in ("model", "trainer"):  # the trainer part holds the optimiser and scheduler
+        flat_a, flat_b = (torch.utils._pytree.tree_flatten(x[part])[0] for x in (a, b))
+        assert len(flat_a) == len(flat_b) > 10
+        for x, y in zip(flat_a, flat_b):
+            assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+
+    cosine = tmp_path / "cosine"
+    shutil.copytree(source, cosine / "sp8_rw" / "seed0")
+    config = cosine / "sp8_rw" / "seed0" / "config.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("WarmupMultiStepLR", "WarmupCosineLR"))
+    refusals = {
+        "was trained with other settings": (out, longer, ("SOLVER.BASE_LR", "0.001")),
+        f"has {ITERS} iterations, not fewer than --iters {ITERS}": (
+            out, longer[:-1] + [str(ITERS)], ()
+        ),
+        "WarmupCosineLR and SOLVER.WARMUP_ITERS 0: its LR depends on SOLVER.MAX_ITER": (
+            cosine, longer, ()
+        ),
+    }  # fmt: skip
+    for i, (message, (start, args, opts)) in enumerate(refusals.items()):
+        target = tmp_path / f"refused{i}"
+        done = run_tool(["--output-dir", str(target), "--start-from", str(start)] + args, cache, opts)
+        assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
+        assert not (target / "sp8_rw" / "seed0" / "last_checkpoint").exists()
 
 
 # Hand-written evaluations (iteration: AP50 per seed 0, 1, 2; AP and AP75 derived from it).
@@ -246,10 +312,12 @@ def test_seeds_and_long_view_options():
     assert study.parse_args(["--seeds", "3,5"]).seeds == [3, 5]
     long = study.parse_args(["--long-view"])
     assert long.variants == ["detr_baseline", "sp8_rw", "smca"]
-    assert (long.iters, long.eval_period, long.seeds) == (6000, 500, [0, 1, 2])
+    assert (long.iters, long.eval_period, long.seeds) == (10000, 300, [0, 1, 2])
     assert long.output_dir == os.path.abspath(study.LONG_VIEW_OUTPUT)
     longer = study.parse_args(["--long-view", "--iters", "9000", "--variants", "detr_baseline"])
-    assert (longer.iters, longer.eval_period, longer.variants) == (9000, 500, ["detr_baseline"])
+    assert (longer.iters, longer.eval_period, longer.variants) == (9000, 300, ["detr_baseline"])
+    with pytest.raises(SystemExit):  # the source must be another study
+        study.parse_args(["--long-view", "--start-from", long.output_dir])
     for bad in (["--seeds", "0,0"], ["--seeds", "a"], ["--seeds", ","]):
         with pytest.raises(SystemExit):
             study.parse_args(bad)

@@ -15,8 +15,10 @@ interrupted one continues from its last checkpoint (``train_net.py --resume``, w
 continues bitwise-exactly). Runs go one at a time (every variant with the first seed, then
 with the next), each on ``--num-gpus`` GPUs. Defaults: the demo's model and data, the
 paper's nine variants (every variant but ``multiscale``), seeds 0, 1 and 2. ``--long-view``
-trains the DETR baseline, SAM-DETR and SMCA for 6,000 iterations (``--iters`` to change),
-evaluated every 500, for the paper's Fig. 1. On COCO with GPUs, e.g.::
+trains the DETR baseline, SAM-DETR and SMCA for 10,000 iterations (``--iters`` to change) for
+the paper's Fig. 1. ``--start-from STUDY`` continues the finished runs of a shorter study with
+the same settings (a step schedule's LR does not depend on ``SOLVER.MAX_ITER``, so the
+continued run equals a run trained from scratch to ``--iters``). On COCO with GPUs, e.g.::
 
     python tools/convergence_study.py --config-file configs/sam_detr_R50.yaml \
         --output-dir output/study_coco --num-gpus 8 --iters 88716 --eval-period 7393 \
@@ -28,28 +30,37 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "sam_detr_R18_synthetic.yaml")
 DEFAULT_OUTPUT = os.path.join("output", "convergence_study")
-# 1,200 iterations of the demo (4 images each, 2.4 epochs), evaluated 4 times: 2.3-2.7 minutes
-# per variant on 2 CPU cores with the demo config of 2026-12-06 (issue 25; to be re-measured),
-# i.e. 9 variants x 3 seeds in 62-73 minutes.
+# 1,200 iterations of the demo (4 images each, 2.4 epochs), evaluated 4 times: the budget at
+# which SAM-DETR's and SMCA's gains over the baseline exceed the seed spread. On 2 CPU cores
+# in float32 (no native bfloat16) a run takes 4.3-4.9 minutes (baseline) to 6.2-7.3 (SAM-DETR,
+# SMCA): the default study in about 3 hours (docs/ablation_study.md#budget).
 DEFAULT_ITERS = 1200
 DEFAULT_EVAL_PERIOD = 300
 DEFAULT_SEEDS = "0,1,2"
-# --long-view: the paper's Fig. 1 (AP50 against iteration) for the baseline, SAM-DETR and SMCA.
-# About 5x the default study's runs (roughly 12-14 minutes each, to be measured): 9 runs in
-# about 2 hours.
+# --long-view: the paper's Fig. 1 (AP50 against iteration) for the baseline, SAM-DETR and SMCA,
+# evaluated as often as the study (so that --start-from can continue the study's runs). On the
+# demo the baseline's AP50 stays near 2 until about 5,000 iterations (docs/ablation_study.md).
 LONG_VIEW_VARIANTS = ("detr_baseline", "sp8_rw", "smca")
-LONG_VIEW_ITERS = 6000
-LONG_VIEW_EVAL_PERIOD = 500
+LONG_VIEW_ITERS = 10000
+LONG_VIEW_EVAL_PERIOD = DEFAULT_EVAL_PERIOD
+# --start-from: the LR schedule whose value at an iteration does not depend on SOLVER.MAX_ITER
+# (Detectron2's step schedule; its cosine schedule stretches with MAX_ITER).
+CONTINUABLE_SCHEDULE = "WarmupMultiStepLR"
+CONTINUED_FILES = ("model_final.pth", "metrics.json")  # then last_checkpoint, naming the first
+CONTINUED = "study_continued_from.txt"  # in a continued run's folder: the run it continues
 LONG_VIEW_OUTPUT = os.path.join("output", "convergence_long_view")
 # "How many iterations does the baseline need to reach SAM-DETR's AP50 at 1,200?" (issue 25)
 REACH = ("detr_baseline", "sp8_rw", "AP50")
@@ -208,6 +219,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         f"({LONG_VIEW_ITERS} iterations, evaluated every {LONG_VIEW_EVAL_PERIOD}, by default)",
     )
     parser.add_argument(
+        "--start-from",
+        metavar="STUDY",
+        help="continue the finished runs of this shorter study (same settings but fewer "
+        "iterations) instead of training from iteration 0",
+    )
+    parser.add_argument(
         "--reach-at",
         type=int,
         default=DEFAULT_REACH_AT,
@@ -231,6 +248,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.output_dir, args.config_file = map(os.path.abspath, (args.output_dir, args.config_file))
+    if args.start_from is not None:
+        args.start_from = os.path.abspath(args.start_from)
+        if args.start_from == args.output_dir:
+            parser.error("--start-from must be another study than --output-dir")
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
@@ -256,10 +277,70 @@ def train_command(args: argparse.Namespace, name: str, seed: int, resume: bool) 
     return cmd + list(COMMON_OVERRIDES) + list(VARIANTS[name].overrides) + list(args.opts)
 
 
-def _settings(command: Sequence[str]) -> List[str]:
+def _settings(command: Sequence[str], ignored: Sequence[str] = ()) -> List[str]:
     """What determines a run's results in its train_net.py command: the arguments after the
-    script, without ``--resume``."""
-    return [c for c in command[2:] if c != "--resume"]
+    script, without ``--resume`` and without the ``ignored`` keys and their values."""
+    args = [c for c in command[2:] if c != "--resume"]
+    kept = []
+    for i, c in enumerate(args):
+        if c not in ignored and not (i and args[i - 1] in ignored):
+            kept.append(c)
+    return kept
+
+
+def _option(command: Sequence[str], key: str) -> str:
+    """The value of the last ``key`` in a train_net.py command."""
+    return command[len(command) - 1 - command[::-1].index(key) + 1]
+
+
+def continue_from(args: argparse.Namespace, name: str, seed: int) -> Optional[str]:
+    """Copy the finished run of ``name``/``seed`` in ``--start-from`` (its last checkpoint
+    and evaluations) into this study's run folder, so that the run continues it; return the
+    source folder, or None if that study has no such run."""
+    source = run_dir(args.start_from, name, seed)
+    run = f"{name}/seed{seed}"
+    finished = os.path.join(source, FINISHED)
+    if not os.path.isfile(finished):
+        print(f"[study] {run}: not finished in {args.start_from}, trained from iteration 0")
+        return None
+    with open(finished) as f:
+        earlier = json.load(f)["command"]
+    ours = train_command(args, name, seed, resume=False)
+    ignored = ("OUTPUT_DIR", "SOLVER.MAX_ITER")
+    if _settings(earlier, ignored) != _settings(ours, ignored):
+        raise SystemExit(
+            f"[study] --start-from: {run} in {source} was trained with other settings: "
+            f"{shlex.join(_settings(earlier, ignored))}; this study: "
+            f"{shlex.join(_settings(ours, ignored))}"
+        )
+    done = int(_option(earlier, "SOLVER.MAX_ITER"))
+    if done >= args.iters:
+        raise SystemExit(
+            f"[study] --start-from: {run} in {source} has {done} iterations, not fewer than "
+            f"--iters {args.iters}"
+        )
+    with open(os.path.join(source, "config.yaml")) as f:
+        solver = yaml.safe_load(f)["SOLVER"]
+    schedule, warmup = solver["LR_SCHEDULER_NAME"], solver["WARMUP_ITERS"]
+    if schedule != CONTINUABLE_SCHEDULE or warmup > done:
+        raise SystemExit(
+            f"[study] --start-from: {source}/config.yaml has SOLVER.LR_SCHEDULER_NAME "
+            f"{schedule} and SOLVER.WARMUP_ITERS {warmup}: its LR depends on SOLVER.MAX_ITER "
+            f"(only {CONTINUABLE_SCHEDULE} with a warmup within the {done} iterations does "
+            f"not), so a continued run would differ from a run of {args.iters} iterations. "
+            "Train without --start-from."
+        )
+    out = run_dir(args.output_dir, name, seed)
+    os.makedirs(out, exist_ok=True)
+    for file in CONTINUED_FILES:
+        shutil.copyfile(os.path.join(source, file), os.path.join(out, file))
+    # Written last: an interrupted copy is copied again rather than resumed.
+    with open(os.path.join(out, CONTINUED), "w") as f:
+        f.write(source + "\n")
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write(CONTINUED_FILES[0])
+    print(f"[study] {run}: continues {source} after its iteration {done:,}", flush=True)
+    return source
 
 
 def run_variant(args: argparse.Namespace, name: str, seed: int) -> None:
@@ -279,6 +360,8 @@ def run_variant(args: argparse.Namespace, name: str, seed: int) -> None:
         print(f"[study] {run}: finished earlier, kept", flush=True)
         return
     resume = os.path.isfile(os.path.join(out, "last_checkpoint"))
+    if not resume and args.start_from is not None:
+        resume = continue_from(args, name, seed) is not None
     cmd = train_command(args, name, seed, resume)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ)
@@ -298,7 +381,12 @@ def run_variant(args: argparse.Namespace, name: str, seed: int) -> None:
         )
     seconds = time.monotonic() - start
     with open(os.path.join(out, FINISHED), "w") as f:
-        json.dump({"command": cmd, "seconds_last_run": round(seconds, 1)}, f, indent=1)
+        record = {"command": cmd, "seconds_last_run": round(seconds, 1)}
+        continued = os.path.join(out, CONTINUED)
+        if os.path.isfile(continued):
+            with open(continued) as c:
+                record["continued"] = c.read().strip()
+        json.dump(record, f, indent=1)
     print(f"[study] {run}: done in {seconds / 60:.1f} min", flush=True)
 
 
