@@ -228,6 +228,7 @@ def test_table_gives_mean_and_spread_over_seeds_of_known_runs(tmp_path):
     )
     smca = lines["| + SMCA vs SAM-DETR (Table 1)"]
     assert smca.endswith("| +2.9 | +6.0 | not resolved | - | +12.0 | not resolved |")
+    assert "| `sp8_rw` | `detr_baseline` | 1,200 |" in pair
     assert not any("Table 3" in line for line in lines)  # image_range is not in this study
     assert "does not reach the AP50 of `sp8_rw` at iteration 1,200 (14.0, mean over" in table
     # curves.csv keeps every run; read back, it gives the same summary.
@@ -239,6 +240,18 @@ def test_table_gives_mean_and_spread_over_seeds_of_known_runs(tmp_path):
         (1200, {"AP": 9.0, "AP50": 18.0, "AP75": 4.5}),
     ]
     assert study.summarize(runs) == study.summarize(study.collect(known_args(tmp_path)))
+
+
+def test_comparisons_of_runs_of_different_lengths_are_at_a_common_iteration(tmp_path):
+    """SMCA evaluated only at 600: SAM-DETR is compared with it at 600, not at its 1,200."""
+    write_known_study(tmp_path, {**KNOWN_AP50, "smca": {600: KNOWN_AP50["smca"][600]}})
+    table = study.main(known_args(tmp_path))
+    lines = {line.split(" | ")[0]: line for line in table.splitlines()}
+    # At 600: SMCA 8-13 (mean 11) AP50 against SAM-DETR's 4-9 (mean 6): overlapping.
+    assert lines["| + SMCA vs SAM-DETR (Table 1)"].endswith(
+        "| `smca` | `sp8_rw` | 600 | +2.9 | +2.5 | not resolved | - | +5.0 | not resolved |"
+    )
+    assert "| `sp8_rw` | `detr_baseline` | 1,200 |" in table
 
 
 def test_plot_draws_the_mean_with_a_min_max_band(tmp_path):

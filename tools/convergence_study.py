@@ -517,20 +517,27 @@ def _verdict(ahead: Optional[bool], paper: Optional[float], first: str, second: 
 
 def comparison_lines(summary: Summary) -> List[str]:
     """A markdown table, one row per comparison the paper makes (:data:`PAIRS`) between two
-    variants of the study, at their last evaluations: the paper's difference, ours (of the
-    means), and whether ours exceeds the seed spread."""
+    variants of the study, at the last iteration both evaluated (runs of different lengths
+    are compared at the same iteration): the paper's difference, ours (of the means), and
+    whether ours exceeds the seed spread."""
     lines = [
-        "Differences at the end (first minus second; ours: of the means). Resolved: the two "
-        "min-max ranges over the seeds do not overlap; otherwise not resolved.",
+        "Differences at the last iteration both variants evaluated (first minus second; ours: "
+        "of the means). Resolved: the two min-max ranges over the seeds do not overlap; "
+        "otherwise not resolved.",
         "",
-        "| comparison | first | second | paper AP | ours AP | AP: beyond the spread? "
+        "| comparison | first | second | iteration | paper AP | ours AP | AP: beyond the spread? "
         "| paper AP50 | ours AP50 | AP50: beyond the spread? |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for first, second, what in PAIRS:
         if first not in summary or second not in summary:
             continue
-        a, b = summary[first][-1][1], summary[second][-1][1]
+        points = [dict(summary[first]), dict(summary[second])]
+        common = set(points[0]) & set(points[1])
+        if not common:
+            continue
+        at = max(common)
+        a, b = points[0][at], points[1][at]
         cells = []
         for index, m in enumerate(("AP", "AP50")):
             pa, pb = VARIANTS[first].paper[index], VARIANTS[second].paper[index]
@@ -538,7 +545,7 @@ def comparison_lines(summary: Summary) -> List[str]:
             cells.append(_signed(paper))
             cells.append(_signed(a[m].mean - b[m].mean))
             cells.append(_verdict(resolved(a[m], b[m]), paper, first, second))
-        lines.append(f"| {what} | `{first}` | `{second}` | " + " | ".join(cells) + " |")
+        lines.append(f"| {what} | `{first}` | `{second}` | {at:,} | " + " | ".join(cells) + " |")
     return lines if len(lines) > 4 else []
 
 
