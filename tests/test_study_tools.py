@@ -243,9 +243,15 @@ def test_table_gives_mean_and_spread_over_seeds_of_known_runs(tmp_path):
 
 
 def test_comparisons_of_runs_of_different_lengths_are_at_a_common_iteration(tmp_path):
-    """SMCA evaluated only at 600: SAM-DETR is compared with it at 600, not at its 1,200."""
+    """SMCA evaluated only at 600: SAM-DETR is compared with it at 600, not at its 1,200.
+    One seed of SAM-DETR and the baseline trained on to 1,800: they are compared at 1,200,
+    where all three seeds of both were evaluated."""
     write_known_study(tmp_path, {**KNOWN_AP50, "smca": {600: KNOWN_AP50["smca"][600]}})
-    table = study.main(known_args(tmp_path))
+    for name in ("detr_baseline", "sp8_rw"):
+        with open(tmp_path / name / "seed0" / "metrics.json", "a") as f:
+            f.write(json.dumps({"iteration": 1799, "bbox/AP": 1, "bbox/AP50": 2, "bbox/AP75": 0}))
+            f.write("\n")
+    table = study.main(known_args(tmp_path, "--iters", "1800"))
     lines = {line.split(" | ")[0]: line for line in table.splitlines()}
     # At 600: SMCA 8-13 (mean 11) AP50 against SAM-DETR's 4-9 (mean 6): overlapping.
     assert lines["| + SMCA vs SAM-DETR (Table 1)"].endswith(

@@ -517,13 +517,13 @@ def _verdict(ahead: Optional[bool], paper: Optional[float], first: str, second: 
 
 def comparison_lines(summary: Summary) -> List[str]:
     """A markdown table, one row per comparison the paper makes (:data:`PAIRS`) between two
-    variants of the study, at the last iteration both evaluated (runs of different lengths
-    are compared at the same iteration): the paper's difference, ours (of the means), and
-    whether ours exceeds the seed spread."""
+    variants of the study, at one iteration both evaluated (runs of different lengths are
+    compared at the same iteration): the last of those with the most seeds evaluated in both.
+    The paper's difference, ours (of the means), and whether ours exceeds the seed spread."""
     lines = [
-        "Differences at the last iteration both variants evaluated (first minus second; ours: "
-        "of the means). Resolved: the two min-max ranges over the seeds do not overlap; "
-        "otherwise not resolved.",
+        "Differences at the last iteration both variants evaluated with the most seeds (first "
+        "minus second; ours: of the means). Resolved: the two min-max ranges over the seeds do "
+        "not overlap; otherwise not resolved.",
         "",
         "| comparison | first | second | iteration | paper AP | ours AP | AP: beyond the spread? "
         "| paper AP50 | ours AP50 | AP50: beyond the spread? |",
@@ -536,7 +536,7 @@ def comparison_lines(summary: Summary) -> List[str]:
         common = set(points[0]) & set(points[1])
         if not common:
             continue
-        at = max(common)
+        at = max(common, key=lambda i: (min(p[i][METRICS[0]].n for p in points), i))
         a, b = points[0][at], points[1][at]
         cells = []
         for index, m in enumerate(("AP", "AP50")):
