@@ -290,6 +290,9 @@ def test_plot_draws_the_mean_with_a_min_max_band(tmp_path):
     partial["sp8_rw"][1] = partial["sp8_rw"][1][:1]
     at_end = dict(study.summarize(partial)["sp8_rw"])[1200]["AP50"]
     assert (at_end.mean, at_end.low, at_end.high, at_end.n) == (14.0, 10.0, 18.0, 2)
+    drawn = study.plot(study.summarize(partial), str(tmp_path / "partial.png"), "partial")
+    assert drawn["sp8_rw"]["AP50"]["seeds"] == [3, 2]  # drawn dotted after 600
+    assert drawn["smca"]["AP50"]["seeds"] == [3, 3]
 
 
 def test_reach_sentence_says_when_the_baseline_reaches_sam_detr(tmp_path):

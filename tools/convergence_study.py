@@ -622,8 +622,9 @@ def write_table(
 
 def plot(summary: Summary, path: str, title: str) -> Dict[str, Dict[str, Dict[str, List]]]:
     """AP50 and AP against iteration (the paper's Fig. 1): per variant the mean over the seeds
-    as a line and their min-max range as a band. Returns what it drew:
-    ``{variant: {metric: {"iteration", "mean", "min", "max": [...]}}}``."""
+    as a line and their min-max range as a band; dotted where fewer of its seeds have got
+    (a run still training). Returns what it drew:
+    ``{variant: {metric: {"iteration", "mean", "min", "max", "seeds": [...]}}}``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -638,16 +639,29 @@ def plot(summary: Summary, path: str, title: str) -> Dict[str, Dict[str, Dict[st
                 "mean": [s[metric].mean for _, s in points],
                 "min": [s[metric].low for _, s in points],
                 "max": [s[metric].high for _, s in points],
+                "seeds": [s[metric].n for _, s in points],
             }
             drawn.setdefault(name, {})[metric] = data
-            (line,) = ax.plot(data["iteration"], data["mean"], marker="o", label=name)
+            # Solid up to the last point with all of the variant's seeds, dotted after it.
+            end = max(k for k, n in enumerate(data["seeds"]) if n == max(data["seeds"])) + 1
+            x, y = data["iteration"], data["mean"]
+            (line,) = ax.plot(x[:end], y[:end], marker="o", label=name)
+            if end < len(x):
+                ax.plot(
+                    x[end - 1 :], y[end - 1 :], marker="o", linestyle=":",
+                    color=line.get_color(), markerfacecolor="none",
+                )  # fmt: skip
             ax.fill_between(
                 data["iteration"], data["min"], data["max"], color=line.get_color(), alpha=0.2
             )
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small", title="line: mean; band: min-max", title_fontsize="small")
+    axes[0].legend(
+        fontsize="small",
+        title="line: mean; band: min-max;\ndotted: fewer seeds",
+        title_fontsize="small",
+    )
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=PLOT_DPI)
