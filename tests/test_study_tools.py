@@ -3,8 +3,8 @@ trains two variants with two seeds with train_net.py, writes curves.csv / curves
 curves.png / table.md, skips finished runs and continues an interrupted one with ``--resume``;
 its mean, spread, comparisons and "baseline reaches" sentence on hand-written metrics of known
 AP; its ``--long-view`` preset; ``--start-from`` continuing a shorter study exactly;
-``visualize_attention.py`` draws SAM's and the baseline's attention; ``plot_losses.py`` plots metrics.json;
-``run_tools.py`` chains tools in one process (as ``make demo`` does)."""
+``visualize_attention.py`` draws SAM's and the baseline's attention; ``plot_losses.py`` plots
+metrics.json; ``run_tools.py`` chains tools in one process (as ``make demo`` does)."""
 
 import csv
 import json
@@ -174,7 +174,9 @@ def test_start_from_continues_a_shorter_study_as_a_run_from_scratch(study_dir, t
     }  # fmt: skip
     for i, (message, (start, args, opts)) in enumerate(refusals.items()):
         target = tmp_path / f"refused{i}"
-        done = run_tool(["--output-dir", str(target), "--start-from", str(start)] + args, cache, opts)
+        done = run_tool(
+            ["--output-dir", str(target), "--start-from", str(start)] + args, cache, opts
+        )
         assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
         assert not (target / "sp8_rw" / "seed0" / "last_checkpoint").exists()
 

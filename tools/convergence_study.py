@@ -301,7 +301,10 @@ def continue_from(args: argparse.Namespace, name: str, seed: int) -> Optional[st
     run = f"{name}/seed{seed}"
     finished = os.path.join(source, FINISHED)
     if not os.path.isfile(finished):
-        print(f"[study] {run}: not finished in {args.start_from}, trained from iteration 0")
+        print(
+            f"[study] {run}: not finished in {args.start_from}, trained from iteration 0",
+            flush=True,
+        )
         return None
     with open(finished) as f:
         earlier = json.load(f)["command"]
