@@ -293,21 +293,29 @@ def _option(command: Sequence[str], key: str) -> str:
     return command[len(command) - 1 - command[::-1].index(key) + 1]
 
 
+def finished_command(folder: str) -> Optional[List[str]]:
+    """The train_net.py command of the finished run in ``folder`` (its ``study_finished.json``),
+    or None if it has not finished."""
+    path = os.path.join(folder, FINISHED)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["command"]
+
+
 def continue_from(args: argparse.Namespace, name: str, seed: int) -> Optional[str]:
     """Copy the finished run of ``name``/``seed`` in ``--start-from`` (its last checkpoint
     and evaluations) into this study's run folder, so that the run continues it; return the
     source folder, or None if that study has no such run."""
     source = run_dir(args.start_from, name, seed)
     run = f"{name}/seed{seed}"
-    finished = os.path.join(source, FINISHED)
-    if not os.path.isfile(finished):
+    earlier = finished_command(source)
+    if earlier is None:
         print(
             f"[study] {run}: not finished in {args.start_from}, trained from iteration 0",
             flush=True,
         )
         return None
-    with open(finished) as f:
-        earlier = json.load(f)["command"]
     ours = train_command(args, name, seed, resume=False)
     ignored = ("OUTPUT_DIR", "SOLVER.MAX_ITER")
     if _settings(earlier, ignored) != _settings(ours, ignored):
@@ -351,10 +359,8 @@ def run_variant(args: argparse.Namespace, name: str, seed: int) -> None:
     run."""
     out = run_dir(args.output_dir, name, seed)
     run = f"{name}/seed{seed}"
-    finished = os.path.join(out, FINISHED)
-    if os.path.isfile(finished):
-        with open(finished) as f:
-            earlier = json.load(f)["command"]
+    earlier = finished_command(out)
+    if earlier is not None:
         if _settings(earlier) != _settings(train_command(args, name, seed, resume=False)):
             raise SystemExit(
                 f"[study] {run} in {out} was trained with other settings: "
